@@ -1,0 +1,27 @@
+"""C-ACC, ASR and per-class accuracy from predictions: pure functions, no model calls."""
+
+from __future__ import annotations
+
+import torch
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    return (pred == labels).float().mean().item()
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    out: list[float | None] = []
+    for c in range(num_classes):
+        sel = labels == c
+        out.append((pred[sel] == c).float().mean().item() if sel.any() else None)
+    return out
+
+
+def attack_success_rate(pred_triggered: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+    """Share of samples whose true label is not the target that the triggered input sends to the target."""
+    sel = labels != target
+    if not sel.any():
+        return float("nan")
+    return (pred_triggered[sel] == target).float().mean().item()

@@ -1,0 +1,85 @@
+"""ModelHandle: one loaded model, whatever its file format, seen as pixels -> logits."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    sha256: str
+    format: str  # "state_dict", "safetensors", "torchscript", "onnx", or "repaired"
+    size_bytes: int
+    param_count: int
+    input_shape: tuple[int, int, int]  # C, H, W
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    arch: str
+    opset: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ModelHandle:
+    """Pixels in [0, 1] go in; normalisation is the handle's job, so scans and defenses never see it.
+
+    `module` is a torch module for gradient work (for ONNX files, the onnx2torch conversion);
+    `ort_session`, when present, is what predictions use (the file as it will run in production).
+    """
+
+    def __init__(self, module: nn.Module, info: ModelInfo, ort_session=None, device: torch.device | None = None):
+        self.device = device or pick_device()
+        self.module = module.to(self.device).eval()
+        self.info = info
+        self.ort_session = ort_session
+        self._mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.info.input_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable logits of a pixel-space batch (on the handle's device)."""
+        return self.module((x.to(self.device) - self._mean) / self._std)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor, batch_size: int = 1024, backend: str = "auto") -> torch.Tensor:
+        """Logits on the CPU, streamed in batches. backend: auto (onnxruntime when loaded), torch, onnxruntime."""
+        use_ort = self.ort_session is not None and backend in ("auto", "onnxruntime")
+        if backend == "onnxruntime" and self.ort_session is None:
+            raise ValueError("this model has no onnxruntime session")
+        out = []
+        for i in range(0, len(x), batch_size):
+            chunk = x[i : i + batch_size]
+            if use_ort:
+                out.append(self.ort_session.run(((chunk - self._mean.cpu()) / self._std.cpu()).numpy()))
+            else:
+                out.append(self.forward(chunk).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.num_classes)
+
+    def predict(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.logits(x, **kwargs).argmax(1)
+
+    def copy_for_editing(self) -> nn.Module:
+        """A deep copy of the torch module: defenses edit this, never the handle's own module."""
+        return copy.deepcopy(self.module)
+
+    def derived(self, module: nn.Module, **info_changes) -> "ModelHandle":
+        """A new handle around an edited module (no onnxruntime session: it has no file yet)."""
+        return ModelHandle(module, replace(self.info, **info_changes), ort_session=None, device=self.device)

@@ -1,0 +1,46 @@
+"""Name -> implementation registries for scans and defenses; unknown or duplicate names fail loudly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    summary: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, summary: str, params: dict[str, Any] | None = None):
+        def decorator(factory):
+            if name in self._entries:
+                raise ValueError(f"duplicate {self.kind} name {name!r}")
+            self._entries[name] = Entry(name, factory, summary, dict(params or {}))
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+
+SCANS = Registry("scan")
+DEFENSES = Registry("defense")
