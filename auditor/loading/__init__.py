@@ -1,0 +1,163 @@
+"""load_model(request) -> ModelHandle for PyTorch (state_dict, safetensors, TorchScript) and ONNX files.
+
+Fail closed: anything that would run code, reach outside the model's folder, or is malformed raises
+AuditorInputError (exit 2) with one line naming the file and the problem. Input files are only read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AuditorInputError
+from ..model import ModelHandle, ModelInfo
+from . import files
+
+DEFAULT_MAX_TENSOR_BYTES = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    path: Path
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    metadata_path: Path | None = None
+    max_file_bytes: int = files.DEFAULT_MAX_BYTES
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+
+
+def read_metadata(request: LoadRequest) -> tuple[dict, Path | None]:
+    """The sidecar `<stem>.json` (or --metadata) written by the fixture builder or the model's vendor."""
+    path = request.metadata_path or request.path.with_suffix(".json")
+    if not path.is_file() or path.resolve() == request.path.resolve():
+        if request.metadata_path:
+            raise AuditorInputError(f"{path}: metadata file not found")
+        return {}, None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AuditorInputError(f"{path}: unreadable metadata JSON: {exc}") from None
+    if not isinstance(meta, dict) or "auditor_metadata" not in meta:
+        if request.metadata_path:
+            raise AuditorInputError(f"{path}: not an auditor metadata file (no 'auditor_metadata' key)")
+        return {}, None
+    return meta, path
+
+
+def _check_finite(module: torch.nn.Module, path: Path) -> int:
+    params = dict(module.named_parameters())
+    for name, tensor in list(params.items()) + list(module.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AuditorInputError(f"{path}: weight {name!r} contains NaN or Inf values")
+    return sum(p.numel() for p in params.values())
+
+
+def _resolve_input(request: LoadRequest, meta: dict, onnx_dims: tuple | None) -> tuple[tuple[int, int, int] | None, str]:
+    if request.input_shape:
+        return request.input_shape, "--input-size"
+    inp = meta.get("input", {})
+    if all(k in inp for k in ("channels", "height", "width")):
+        return (int(inp["channels"]), int(inp["height"]), int(inp["width"])), "metadata"
+    if onnx_dims and len(onnx_dims) == 4 and all(isinstance(d, int) and d > 0 for d in onnx_dims[1:]):
+        return tuple(onnx_dims[1:]), "ONNX graph"
+    return None, ""
+
+
+def _normalisation(request: LoadRequest, meta: dict, channels: int) -> tuple[tuple, tuple, list[str]]:
+    notes = []
+    inp = meta.get("input", {})
+    mean = request.mean or (tuple(inp["mean"]) if "mean" in inp else None)
+    std = request.std or (tuple(inp["std"]) if "std" in inp else None)
+    if mean is None or std is None:
+        notes.append("normalisation unknown: inputs assumed in [0, 1] (pass --mean/--std)")
+        mean, std = mean or (0.0,), std or (1.0,)
+    if len(mean) == 1:
+        mean = mean * channels
+    if len(std) == 1:
+        std = std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise AuditorInputError(f"--mean/--std need 1 or {channels} values")
+    if any(s <= 0 for s in std):
+        raise AuditorInputError("--std values must be positive")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std), notes
+
+
+def load_model(request: LoadRequest) -> ModelHandle:
+    path = request.path
+    size = files.check_readable(path, request.max_file_bytes)
+    digest = files.sha256(path)
+    fmt = files.sniff_format(path, size)
+    meta, _ = read_metadata(request)
+    ort_runner, opset, onnx_dims, notes = None, None, None, []
+
+    if fmt == "onnx":
+        from .onnx_files import OrtRunner, read_and_validate, to_torch
+
+        onnx_model, facts = read_and_validate(path, request.max_tensor_bytes)
+        if facts.custom_domains:
+            raise AuditorInputError(f"{path}: uses custom op domains {', '.join(facts.custom_domains)}, which need native code to run")
+        ort_runner = OrtRunner(onnx_model.SerializeToString(), path)
+        module = to_torch(onnx_model, path)
+        opset, onnx_dims, arch, fmt_name = facts.opset, facts.input_shape, "onnx2torch", "onnx"
+    elif fmt == "torchscript":
+        from .torch_files import load_torchscript_file
+
+        module, arch, fmt_name = load_torchscript_file(path), "torchscript", "torchscript"
+    else:
+        from .torch_files import build_arch, load_safetensors_file, load_state_dict_file, apply_state_dict
+
+        if fmt == "safetensors":
+            state = load_safetensors_file(path, files.safetensors_header(path, size), size)
+            fmt_name = "safetensors"
+        else:
+            state = load_state_dict_file(path)
+            fmt_name = "state_dict"
+        arch_spec, kwargs, trusted_only = request.arch, dict(request.arch_kwargs), False
+        if arch_spec is None and isinstance(meta.get("arch"), dict):
+            arch_spec, kwargs, trusted_only = meta["arch"].get("callable"), dict(meta["arch"].get("kwargs", {})), True
+        if not arch_spec:
+            raise AuditorInputError(
+                f"{path}: a state_dict holds weights only; pass --arch (a torchvision name such as resnet18, "
+                "or package.module:callable)"
+            )
+        module = build_arch(arch_spec, kwargs, trusted_only)
+        apply_state_dict(module, state, path, arch_spec)
+        arch = arch_spec
+
+    module.eval()
+    param_count = _check_finite(module, path)
+    input_shape, _ = _resolve_input(request, meta, onnx_dims)
+    if input_shape is None:
+        raise AuditorInputError(f"{path}: cannot tell the input size; pass --input-size C,H,W (e.g. 3,32,32)")
+    mean, std, norm_notes = _normalisation(request, meta, input_shape[0])
+    notes += norm_notes
+    num_classes = _probe_classes(module, input_shape, path)
+    if meta.get("num_classes") not in (None, num_classes):
+        raise AuditorInputError(f"{path}: metadata says {meta['num_classes']} classes, the model outputs {num_classes}")
+    info = ModelInfo(
+        path=str(path), sha256=digest, format=fmt_name, size_bytes=size, param_count=param_count,
+        input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, arch=arch, opset=opset,
+        metadata=meta, notes=tuple(notes),
+    )
+    return ModelHandle(module, info, ort_session=ort_runner)
+
+
+def _probe_classes(module: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> int:
+    try:
+        with torch.inference_mode():
+            out = module(torch.zeros(2, *input_shape))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AuditorInputError(f"{path}: the model does not run on input {input_shape}: {first}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise AuditorInputError(f"{path}: expected logits of shape N x classes, got {getattr(out, 'shape', type(out).__name__)}")
+    if out.shape[1] < 2:
+        raise AuditorInputError(f"{path}: the model outputs {out.shape[1]} class; a classifier needs at least 2")
+    return int(out.shape[1])

@@ -1,0 +1,159 @@
+"""ONNX: validated before it is parsed in full, run with onnxruntime, converted to torch for gradients.
+
+Checks made before any external tensor is read: every external-data location stays inside the
+model's folder and inside its file, and no tensor declares more bytes than the limit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import AuditorInputError, UnsafeModelError
+
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}
+DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2}
+
+
+@dataclass(frozen=True)
+class OnnxFacts:
+    opset: int | None
+    custom_domains: tuple[str, ...]
+    external_files: tuple[str, ...]
+    input_shape: tuple  # dims of the first graph input; ints or symbolic names
+    producer: str
+
+
+def _external_entries(tensor) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def read_and_validate(path: Path, max_tensor_bytes: int):
+    """Parse the graph (no external data), check it, then load external data. Returns (model, facts)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise AuditorInputError(f"{path}: not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    folder = path.resolve().parent
+    external = set()
+    for tensor in _all_tensors(model.graph):
+        count = int(np.prod(tensor.dims, dtype=np.float64)) if len(tensor.dims) else 1
+        declared = count * DTYPE_BYTES.get(tensor.data_type, 8)
+        if declared > max_tensor_bytes:
+            raise UnsafeModelError(
+                f"{path}: tensor {tensor.name!r} declares {declared:,} bytes, over the limit of {max_tensor_bytes:,}"
+            )
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = _external_entries(tensor)
+            location = entries.get("location", "")
+            target = (folder / location).resolve()
+            if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+                raise UnsafeModelError(
+                    f"{path}: tensor {tensor.name!r} reads external data from {location!r}, outside the model's folder"
+                )
+            if not target.is_file():
+                raise AuditorInputError(f"{path}: external data file {location!r} is missing")
+            offset, length = int(entries.get("offset", 0) or 0), int(entries.get("length", 0) or declared)
+            if offset < 0 or offset + length > target.stat().st_size:
+                raise AuditorInputError(f"{path}: tensor {tensor.name!r} reads past the end of {location!r}")
+            external.add(location)
+    if not model.graph.input:
+        raise AuditorInputError(f"{path}: the ONNX graph has no inputs")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise AuditorInputError(f"{path}: fails the ONNX checker: {str(exc).strip().splitlines()[0]}") from None
+    if external:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    domains = {op.domain for op in model.opset_import} | {n.domain for n in _all_nodes(model.graph)}
+    opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in model.graph.input[0].type.tensor_type.shape.dim)
+    facts = OnnxFacts(opset, tuple(sorted(domains - STANDARD_DOMAINS)), tuple(sorted(external)), dims,
+                      f"{model.producer_name} {model.producer_version}".strip())
+    return model, facts
+
+
+def _all_tensors(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
+
+
+def ort_providers() -> list[str]:
+    """CUDA only when torch sees a GPU and onnxruntime has the provider; asking for absent CUDA is noisy."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OrtRunner:
+    """An onnxruntime session fed normalised float32 batches; honours a batch size fixed in the graph."""
+
+    def __init__(self, model_bytes: bytes, path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model_bytes, sess_options=options, providers=ort_providers())
+        except Exception as exc:
+            raise AuditorInputError(f"{path}: onnxruntime cannot run the model: {str(exc).strip().splitlines()[0]}") from None
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.fixed_batch = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
+        self.providers = self.session.get_providers()
+
+    def run(self, x: np.ndarray) -> torch.Tensor:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        step = self.fixed_batch or len(x)
+        outs = []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            pad = step - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            out = self.session.run(None, {self.input_name: chunk})[0]
+            outs.append(out[: len(out) - pad] if pad else out)
+        return torch.from_numpy(np.concatenate(outs).reshape(len(x), -1))
+
+
+def to_torch(model, path: Path) -> torch.nn.Module:
+    from onnx2torch import convert
+
+    from . import onnx_converters  # noqa: F401  registers converters onnx2torch lacks
+
+    try:
+        return convert(model).eval()
+    except NotImplementedError as exc:
+        raise AuditorInputError(
+            f"{path}: cannot convert to torch for gradient-based scans: {str(exc).splitlines()[0]}"
+        ) from None
+    except Exception as exc:
+        raise AuditorInputError(f"{path}: onnx2torch conversion failed: {str(exc).splitlines()[0]}") from None

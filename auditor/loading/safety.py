@@ -1,0 +1,113 @@
+"""Static inspection of a model file for the serialization-safety check: nothing is loaded or run.
+
+Findings are reasons to refuse the file (code execution, reaching outside the model's folder,
+native custom ops); problems mean the file could not be read with confidence (also a refusal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import AuditorInputError
+from . import files
+from .onnx_files import DTYPE_BYTES, STANDARD_DOMAINS, _all_nodes, _all_tensors
+from .pickle_scan import scan_file
+
+
+@dataclass
+class SafetyReport:
+    path: str
+    format: str
+    findings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings and not self.problems
+
+
+def inspect_file(path: Path, max_file_bytes: int = files.DEFAULT_MAX_BYTES, max_tensor_bytes: int = 2 * 2**30) -> SafetyReport:
+    size = files.check_readable(path, max_file_bytes)
+    try:
+        fmt = files.sniff_format(path, size)
+    except AuditorInputError as exc:
+        return SafetyReport(str(path), "unknown", problems=[str(exc)])
+    report = SafetyReport(str(path), fmt)
+    if fmt in ("torch-zip", "torchscript", "pickle"):
+        _inspect_pickles(path, report)
+    elif fmt == "safetensors":
+        _inspect_safetensors(path, size, report)
+    elif fmt == "onnx":
+        _inspect_onnx(path, max_tensor_bytes, report)
+    return report
+
+
+def _inspect_pickles(path: Path, report: SafetyReport) -> None:
+    result = scan_file(path)
+    allowed = sorted({f.qualname for f in result.findings if f.allowed})
+    for finding in result.unsafe:
+        report.findings.append(f"imports {finding.qualname} (in {finding.member}): not on the allow-list, could run code")
+    report.problems.extend(result.problems)
+    report.info.append(f"pickles scanned: {', '.join(result.members) or 'none'}")
+    if allowed:
+        report.info.append(f"allowed globals: {', '.join(allowed)}")
+
+
+def _inspect_safetensors(path: Path, size: int, report: SafetyReport) -> None:
+    with path.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    data_size = size - 8 - length
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = (int(v) for v in entry["data_offsets"])
+            count = 1
+            for d in entry["shape"]:
+                count *= int(d)
+        except (KeyError, TypeError, ValueError):
+            report.problems.append(f"header entry {name!r} is malformed")
+            continue
+        spans.append((start, end, name))
+        if end > data_size or start > end:
+            report.problems.append(f"tensor {name!r} claims bytes {start}..{end}, the file holds {data_size}")
+    spans.sort()
+    if spans and (spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or spans[-1][1] != data_size):
+        report.problems.append("tensor byte ranges overlap, leave gaps, or do not cover the data (a lying header)")
+    report.info.append(f"{len(spans)} tensors; safetensors holds data only, no code")
+
+
+def _inspect_onnx(path: Path, max_tensor_bytes: int, report: SafetyReport) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        report.problems.append(f"not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return
+    folder = path.resolve().parent
+    for tensor in _all_tensors(model.graph):
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        if count * DTYPE_BYTES.get(tensor.data_type, 8) > max_tensor_bytes:
+            report.findings.append(f"tensor {tensor.name!r} declares {count:,} elements, over the size limit")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if not location or os.path.isabs(location) or not (folder / location).resolve().is_relative_to(folder):
+                report.findings.append(f"tensor {tensor.name!r} reads external data from {location!r}, outside the model's folder")
+    domains = {op.domain for op in model.opset_import} | {n.domain for n in _all_nodes(model.graph)}
+    custom = sorted(domains - STANDARD_DOMAINS)
+    if custom:
+        report.findings.append(f"custom op domains {', '.join(custom)}: they need native code from outside the file")
+    ops = sorted({n.op_type for n in _all_nodes(model.graph)})
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    report.info.append(f"opsets: {opsets}")
+    report.info.append(f"operators: {', '.join(ops)}")

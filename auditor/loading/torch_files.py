@@ -1,0 +1,166 @@
+"""PyTorch formats: state_dict (zip or legacy pickle, weights_only), safetensors, TorchScript.
+
+No code from a pickle ever runs: the pickle is first read statically (pickle_scan) so a refusal can
+name the blocking global, then loaded with torch.load(weights_only=True) and no fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AuditorInputError, UnsafeModelError
+from .pickle_scan import scan_file
+
+# Architectures a sidecar metadata file may name. A metadata file travels with an untrusted model,
+# so it must not be able to make us import and call arbitrary code; --arch on the command line can.
+TRUSTED_ARCH_PREFIXES = ("auditor.zoo:",)
+
+
+def parse_arch_kwargs(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise AuditorInputError(f"--arch-arg {item!r}: expected key=value, e.g. num_classes=10")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def build_arch(arch: str, kwargs: dict[str, Any], trusted_only: bool) -> nn.Module:
+    """`arch` is a torchvision model name or `package.module:callable`."""
+    if ":" in arch:
+        if trusted_only and not arch.startswith(TRUSTED_ARCH_PREFIXES):
+            raise UnsafeModelError(
+                f"metadata names architecture {arch!r}: only auditor.zoo or torchvision architectures are taken "
+                "from a metadata file; pass --arch to use your own"
+            )
+        module_name, _, attr = arch.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise AuditorInputError(f"--arch {arch}: cannot import: {exc}") from None
+    else:
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(arch, weights=None, **kwargs)
+        except ValueError:
+            raise AuditorInputError(
+                f"--arch {arch}: not a torchvision model name nor package.module:callable"
+            ) from None
+        except TypeError as exc:
+            raise AuditorInputError(f"--arch {arch}: bad --arch-arg: {exc}") from None
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise AuditorInputError(f"--arch {arch}: bad --arch-arg: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise AuditorInputError(f"--arch {arch}: the callable returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _refuse_unsafe_pickle(path: Path) -> None:
+    result = scan_file(path)
+    if result.unsafe:
+        names = ", ".join(sorted({f.qualname for f in result.unsafe}))
+        raise UnsafeModelError(
+            f"{path}: refused: the pickle imports {names}, which could run code when loaded "
+            "(a pickled full model or a malicious file). Save the weights instead: "
+            "torch.save(model.state_dict(), path) or safetensors, and pass --arch"
+        )
+    if result.problems:
+        raise UnsafeModelError(f"{path}: refused: the pickle cannot be read safely: {result.problems[0]}")
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    _refuse_unsafe_pickle(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refusals, truncated archives, corrupt records
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AuditorInputError(f"{path}: cannot load as a PyTorch state_dict: {first}") from None
+    return extract_state_dict(obj, path)
+
+
+def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise AuditorInputError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+    tensors = OrderedDict()
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise AuditorInputError(f"{path}: state_dict entry {key!r} is not a named tensor")
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        tensors[key] = value
+    return tensors
+
+
+def load_safetensors_file(path: Path, header: dict, size: int) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    data_bytes = size - 8 - len(json.dumps(header).encode())  # lower bound check, the library re-checks exactly
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise AuditorInputError(f"{path}: safetensors header entry {name!r} has no valid data_offsets") from None
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end) or end > max(data_bytes, 0) + 1024:
+            raise AuditorInputError(f"{path}: safetensors header for {name!r} points past the end of the file")
+    try:
+        return OrderedDict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise AuditorInputError(f"{path}: corrupt safetensors file: {exc}") from None
+
+
+def load_torchscript_file(path: Path) -> nn.Module:
+    # TorchScript code is restricted TorchScript, not Python, and its pickles resolve only torch
+    # types; the static scan still runs so foreign globals are refused before torch sees them.
+    _refuse_unsafe_pickle(path)
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AuditorInputError(f"{path}: cannot load TorchScript archive: {first}") from None
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if misshaped:
+        problems.append(f"{len(misshaped)} misshaped (e.g. {misshaped[0]})")
+    if problems:
+        raise AuditorInputError(f"{path}: weights do not fit --arch {arch}: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def zip_member_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as zf:
+        return zf.namelist()
