@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data import ImageSet
+from ..metrics import per_class_accuracy
+from ..model import ModelHandle
+
+
+@dataclass
+class DefenseOutcome:
+    handle: ModelHandle
+    name: str
+    seconds: float
+    samples_used: int
+    stats: dict = field(default_factory=dict)
+
+
+def per_class_fit_accuracy(handle: ModelHandle, data: ImageSet) -> list[float | None]:
+    return per_class_accuracy(handle.predict(data.x, backend="torch"), data.y, handle.num_classes)
+
+
+def batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
+    """`steps` index batches drawn by reshuffled passes over n samples."""
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
+def stamp_fraction(x, y, triggers, fraction: float, gen: torch.Generator):
+    """Stamp a random `fraction` of the batch, each with one of the triggers; labels stay true."""
+    x = x.clone()
+    if not triggers or fraction <= 0:
+        return x
+    chosen = torch.rand(len(x), generator=gen) < fraction
+    which = torch.randint(len(triggers), (len(x),), generator=gen)
+    for i, trig in enumerate(triggers):
+        sel = chosen & (which == i)
+        if sel.any():
+            x[sel] = trig.apply(x[sel])
+    return x
