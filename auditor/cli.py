@@ -1,0 +1,202 @@
+"""The `auditor` command. Heavy imports (torch) happen inside commands so --help answers at once.
+
+Exit codes: 0 every check passed; 1 a check failed (the gate); 2 usage or input error, or a check
+that could not run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import build_config, with_outputs
+from .errors import AuditorInputError
+
+
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+
+
+def _input_size(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise click.BadParameter("expected C,H,W such as 3,32,32", param_hint="--input-size")
+    return dims
+
+
+def _key_values(items: tuple[str, ...], option: str) -> dict | None:
+    if not items:
+        return None
+    from json import JSONDecodeError, loads
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint=option)
+        try:
+            out[key] = loads(value)
+        except JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="auditor")
+def cli():
+    """Audit a third-party image classifier before it reaches production.
+
+    Loads the model without running any code from it, runs pytest-style checks (serialization
+    safety, loads-and-runs, clean accuracy, backdoor trigger scan), applies an unlearning defense
+    plus repair when a backdoor check fails, and writes HTML, JSON and JUnit reports.
+    """
+
+
+path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
+
+
+@cli.command()
+@click.argument("model", type=path_in)
+@click.option("--data", help="Clean labelled samples: a folder of class folders, an .npz with x and y, or a bundled set name.  [default: fashion-mnist]")
+@click.option("--arch", help="Architecture for a state_dict or safetensors file: a torchvision model name (resnet18) or package.module:callable.")
+@click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE", help="Keyword argument for --arch, e.g. num_classes=10 (repeatable).")
+@click.option("--input-size", help="Model input as C,H,W when the model or its metadata does not say.")
+@click.option("--mean", help="Per-channel normalisation mean (comma-separated) when not in the metadata.")
+@click.option("--std", help="Per-channel normalisation std (comma-separated) when not in the metadata.")
+@click.option("--metadata", type=path_in, help="Metadata JSON (default: <model>.json beside the model, when it is an auditor metadata file).")
+@click.option("--paired-model", type=path_in, help="The same model in the other format (PyTorch or ONNX): their outputs must agree.")
+@click.option("--trigger", type=path_in, help="A known trigger spec (JSON): the true ASR is then measured and checked.")
+@click.option("--clean-samples", type=click.IntRange(2), help="Clean samples the scan and defense may use (the fit split).  [default: 500]")
+@click.option("--seed", type=int, help="Seed for splits, scans and defenses.  [default: 0]")
+@click.option("--scan", help="Trigger-recovery scan (see `auditor list`).  [default: neural-cleanse]")
+@click.option("--scan-param", "scan_params", multiple=True, metavar="KEY=VALUE", help="Override a scan parameter (repeatable).")
+@click.option("--defense", help="Defense applied when a backdoor check fails, or 'none'.  [default: nc-unlearn]")
+@click.option("--defense-param", "defense_params", multiple=True, metavar="KEY=VALUE", help="Override a defense parameter (repeatable).")
+@click.option("--repair/--no-repair", default=None, help="Run the repair step after the defense.  [default: repair]")
+@click.option("--repair-param", "repair_params", multiple=True, metavar="KEY=VALUE", help="Override a repair parameter (repeatable).")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Clean accuracy a model must reach.  [default: 0.80]")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), help="Clean accuracy the defense may cost.  [default: 0.02]")
+@click.option("--anomaly-threshold", type=float, help="Anomaly index above which a class is flagged.  [default: 2]")
+@click.option("--max-mask-ratio", type=click.FloatRange(0, 1), help="A flagged class's mask must also be at most this share of the median mask.  [default: 0.5]")
+@click.option("--max-asr", type=click.FloatRange(0, 1), help="Highest acceptable ASR with a known trigger.  [default: 0.05]")
+@click.option("--gate", type=click.Choice(["before", "after"]), help="Exit code from the delivered model (before) or the repaired one (after).  [default: before]")
+@click.option("--checks", "checks_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="A folder of your own check_*.py files (repeatable).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), help="Where repaired models go.  [default: reports]")
+@click.option("--html", type=path_in, help="HTML report path.  [default: <output-dir>/<model name>.html]")
+@click.option("--json", "json_path", type=path_in, help="Write the JSON result here.")
+@click.option("--junitxml", type=path_in, help="Write JUnit XML here.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="auditor.toml, or a pyproject.toml with [tool.auditor].")
+@click.option("--max-file-bytes", type=click.IntRange(1), help="Refuse model files larger than this.  [default: 4 GiB]")
+@click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
+def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, trigger, clean_samples, seed,
+         scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop,
+         anomaly_threshold, max_mask_ratio, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, config_file,
+         max_file_bytes, quiet):
+    """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors or .onnx).
+
+    \b
+    Exit codes: 0 every check passed, 1 a check failed (the model as delivered,
+    or with --gate after the repaired one), 2 usage/input error or a check that could not run.
+    """
+    cli_values = dict(
+        model=model, data=data, arch=arch, arch_kwargs=_key_values(arch_args, "--arch-arg"), input_shape=_input_size(input_size),
+        mean=_floats(mean, "--mean"), std=_floats(std, "--std"), metadata=metadata, paired_model=paired_model,
+        trigger=trigger, clean_samples=clean_samples, seed=seed, scan=scan, scan_params=_key_values(scan_params, "--scan-param"),
+        defense=defense, defense_params=_key_values(defense_params, "--defense-param"), repair=repair,
+        repair_params=_key_values(repair_params, "--repair-param"), min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, max_asr=max_asr, gate=gate,
+        checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml,
+        max_file_bytes=max_file_bytes, quiet=quiet,
+    )
+    try:
+        if config_file is None and Path("auditor.toml").is_file():
+            config_file = Path("auditor.toml")
+        config = with_outputs(build_config(cli_values, config_file))
+        from .runner import run_audit, validate_names
+
+        validate_names(config)
+        code, result = run_audit(config)
+    except AuditorInputError as exc:
+        click.echo(f"auditor: error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a crash must still give exit 2 and one readable line
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        click.echo(f"auditor: internal error: {type(exc).__name__}: {exc} (set AUDITOR_DEBUG=1 for a traceback)", err=True)
+        sys.exit(2)
+    print_summary(result, config)
+    sys.exit(code)
+
+
+def print_summary(result: dict, config) -> None:
+    for err in result["errors"]:
+        click.echo(f"auditor: error: {err}", err=True)
+    for c in result["checks"]:
+        line = f"  {c['outcome'].upper():7} [{c['stage']}] {c['name']}"
+        if c["message"] and c["outcome"] != "passed":
+            line += f": {c['message']}"
+        click.echo(line)
+    m = result["metrics"]
+    for stage in ("before", "after"):
+        s = m.get(stage)
+        if s and "c_acc" in s:
+            asr = f", ASR {s['asr']:.2%} ({s['asr_trigger']} trigger)" if s.get("asr") is not None else ""
+            click.echo(f"  {stage}: C-ACC {s['c_acc']:.2%}{asr}")
+    outputs = (result.get("defense") or {}).get("outputs") or {}
+    for kind, path in outputs.items():
+        click.echo(f"  repaired model ({kind}): {path}")
+    for label, path in (("HTML report", config.html), ("JSON", config.json), ("JUnit XML", config.junitxml)):
+        if path:
+            click.echo(f"  {label}: {path}")
+    click.echo(f"verdict: {result['verdict'].upper()} (exit {result['exit_code']})")
+
+
+@cli.command(name="list")
+def list_command():
+    """List the registered scans, defenses and built-in checks with their parameters."""
+    from . import defenses, scans  # noqa: F401  (registers)
+    from .registry import DEFENSES, SCANS
+    from .runner import builtin_checks_dir
+
+    for title, registry in (("Scans (--scan)", SCANS), ("Defenses (--defense; 'none' disables)", DEFENSES)):
+        click.echo(title)
+        for entry in registry.entries():
+            click.echo(f"  {entry.name}: {entry.summary}")
+            if entry.params:
+                click.echo("      " + ", ".join(f"{k}={v}" for k, v in entry.params.items()))
+    click.echo("Repair (--repair/--no-repair, --repair-param)")
+    from dataclasses import asdict
+
+    from .defenses import RepairParams
+
+    click.echo("      " + ", ".join(f"{k}={v}" for k, v in asdict(RepairParams()).items()))
+    click.echo("Built-in checks (add your own with --checks DIR)")
+    import ast
+
+    for file in sorted(builtin_checks_dir().glob("check_*.py")):
+        tree = ast.parse(file.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("check_"):
+                doc = (ast.get_docstring(node) or "").splitlines()
+                click.echo(f"  {file.name}::{node.name}" + (f": {doc[0]}" if doc else ""))
+
+
+def main():
+    cli()
+
+
+if __name__ == "__main__":
+    main()

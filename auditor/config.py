@@ -1,0 +1,100 @@
+"""The audit's one frozen configuration: defaults < config file (auditor.toml or [tool.auditor]) < CLI."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import AuditorInputError
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    model: Path
+    data: str = "fashion-mnist"
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    metadata: Path | None = None
+    paired_model: Path | None = None
+    trigger: Path | None = None
+    clean_samples: int = 500
+    seed: int = 0
+    scan: str = "neural-cleanse"
+    scan_params: dict[str, Any] = field(default_factory=dict)
+    defense: str = "nc-unlearn"
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    repair: bool = True
+    repair_params: dict[str, Any] = field(default_factory=dict)
+    # thresholds: the checks' verdicts, never the scans'
+    min_accuracy: float = 0.80
+    max_accuracy_drop: float = 0.02
+    anomaly_threshold: float = 2.0
+    max_mask_ratio: float = 0.5
+    max_asr: float = 0.05
+    max_logit_diff: float = 1e-3
+    gate: str = "before"
+    checks_dirs: tuple[Path, ...] = ()
+    output_dir: Path = Path("reports")
+    html: Path | None = None
+    json: Path | None = None
+    junitxml: Path | None = None
+    max_file_bytes: int = 4 * 2**30
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.clean_samples < 2:
+            raise AuditorInputError("--clean-samples must be at least 2")
+        if self.gate not in ("before", "after"):
+            raise AuditorInputError("--gate must be 'before' or 'after'")
+        for name in ("min_accuracy", "max_accuracy_drop", "max_asr"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise AuditorInputError(f"{name} must be in [0, 1]")
+
+
+FILE_KEYS = {f.name for f in fields(AuditConfig)} - {"model", "checks_dirs", "output_dir", "html", "json", "junitxml"}
+PATH_KEYS = {"metadata", "paired_model", "trigger"}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from auditor.toml (top-level keys or [auditor]) or pyproject.toml ([tool.auditor])."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise AuditorInputError(f"{path}: cannot read config: {exc}") from None
+    table = doc.get("tool", {}).get("auditor") if path.name == "pyproject.toml" else doc.get("auditor", doc)
+    if not isinstance(table, dict):
+        return {}
+    unknown = sorted(set(table) - FILE_KEYS)
+    if unknown:
+        raise AuditorInputError(f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(FILE_KEYS))})")
+    out = dict(table)
+    for key in PATH_KEYS & set(out):
+        out[key] = (path.parent / out[key]).resolve()
+    for key in ("input_shape", "mean", "std"):
+        if key in out:
+            out[key] = tuple(out[key])
+    return out
+
+
+def build_config(cli: dict[str, Any], config_file: Path | None) -> AuditConfig:
+    """CLI values of None mean 'not given' and leave file values and defaults in place."""
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        settings.update(read_config_file(config_file))
+    settings.update({k: v for k, v in cli.items() if v is not None})
+    for key in ("scan_params", "defense_params", "repair_params"):
+        if key in cli and key in settings and isinstance(cli[key], dict):
+            settings[key] = {**read_config_file(config_file).get(key, {}), **cli[key]} if config_file else cli[key]
+    return AuditConfig(**settings)
+
+
+def with_outputs(config: AuditConfig) -> AuditConfig:
+    """Fill the default report path: reports/<model stem>.html."""
+    if config.html is None:
+        return replace(config, html=config.output_dir / f"{config.model.stem}.html")
+    return config

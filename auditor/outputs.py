@@ -1,0 +1,67 @@
+"""Writing repaired models: new files only, written to a temp file and renamed, never over an input."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import AuditorInputError
+from .model import ModelHandle
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], protected: tuple[Path, ...]) -> Path:
+    path = Path(path)
+    resolved = path.resolve()
+    if any(resolved == Path(p).resolve() for p in protected if p is not None):
+        raise AuditorInputError(f"{path}: refusing to write over an input file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def export_onnx(module: torch.nn.Module, path: Path, input_shape: tuple[int, int, int], input_name: str) -> None:
+    """Legacy (TorchScript-based) exporter, opset 17, dynamic batch: one self-contained file."""
+    module = module.cpu().eval()
+    torch.onnx.export(
+        module, (torch.zeros(2, *input_shape),), str(path), dynamo=False, opset_version=17,
+        input_names=[input_name], output_names=["logits"],
+        dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}},
+    )
+
+
+def write_repaired(handle: ModelHandle, source: ModelHandle, output_dir: Path, protected: tuple[Path, ...]) -> dict[str, Path]:
+    """Write `handle` in the format of the `source` file. Returns {"state_dict"|"onnx"|...: path}."""
+    stem = Path(source.info.path).stem
+    fmt = source.info.format
+    module = handle.module
+    written: dict[str, Path] = {}
+    if fmt == "torchscript":
+        written["torchscript"] = atomic_write(output_dir / f"{stem}.repaired.pt",
+                                              lambda p: torch.jit.save(module.cpu(), str(p)), protected)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        written["safetensors"] = atomic_write(output_dir / f"{stem}.repaired.safetensors", lambda p: save_file(state, str(p)), protected)
+    else:
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        written["state_dict"] = atomic_write(output_dir / f"{stem}.repaired.pt", lambda p: torch.save(state, p), protected)
+    if fmt == "onnx":
+        input_name = source.ort_session.input_name if source.ort_session else "input"
+        written["onnx"] = atomic_write(
+            output_dir / f"{stem}.repaired.onnx",
+            lambda p: export_onnx(module, p, source.input_shape, input_name), protected,
+        )
+    handle.module.to(handle.device)
+    return written

@@ -1,0 +1,1 @@
+"""One neutral result model (result.py), rendered to JSON and, through pytest-html, to HTML."""

@@ -1,0 +1,208 @@
+"""pytest-html hooks: the verdict, numbers and trigger pictures above pytest-html's own tables.
+
+Registered only when pytest-html is active (pytest validates hook names against loaded plugins).
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import pytest
+
+from .images import trigger_pictures
+
+OUTCOME_WORD = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def _class_label(result: dict, c: int) -> str:
+    names = (result.get("model") or {}).get("class_names") or []
+    return f"{c} ({escape(names[c])})" if c < len(names) else str(c)
+
+
+class HtmlHooks:
+    def __init__(self, plugin):
+        self.plugin = plugin
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        from pytest_metadata.plugin import metadata_key
+
+        result = self.plugin.finalise(int(exitstatus))
+        env = session.config.stash[metadata_key]
+        env.clear()
+        model = result["model"]
+        env.update({
+            "Model": model["path"], "SHA-256": model.get("sha256") or "—", "Format": model.get("format") or "—",
+            "Seed": str(result["seed"]), "Gate": result["gate"],
+            **{k: v for k, v in result["versions"].items()},
+        })
+
+    def pytest_html_report_title(self, report):
+        report.title = f"auditor report: {self.plugin.session.config.model.name}"
+
+    def pytest_html_results_summary(self, prefix, summary, postfix):
+        result = self.plugin.result
+        if result is None:
+            return
+        session = self.plugin.session
+        parts = [
+            '<div class="auditor">',
+            _verdict(result), _metrics_table(result), _checks_matrix(result), _scan_section(result),
+            _pictures(session, result), _per_class(result), _facts(result), "</div>",
+        ]
+        prefix.extend(p for p in parts if p)
+
+
+def _verdict(result: dict) -> str:
+    verdict, code = result["verdict"], result["exit_code"]
+    headline = {
+        "pass": "PASS: every check passed on the model as delivered",
+        "fail": "FAIL: the model did not pass the audit" if result["gate"] == "before"
+        else "FAIL: the repaired model did not pass the audit",
+        "error": "ERROR: the audit could not be completed; the verdict is not trustworthy",
+    }[verdict]
+    gated = "after" if result["gate"] == "after" and any(c["stage"] == "after" and c["outcome"] != "skipped" for c in result["checks"]) else "before"
+    reasons = [f"{escape(c['name'])}: {escape(c['message'])}" for c in result["checks"]
+               if c["outcome"] == "failed" and c["stage"] == gated]
+    reasons += [escape(e) for e in result["errors"]]
+    defense = result.get("defense") or {}
+    if defense.get("applied"):
+        after_failed = [c for c in result["checks"] if c["stage"] == "after" and c["outcome"] in ("failed", "error")]
+        outputs = ", ".join(escape(p) for p in defense.get("outputs", {}).values())
+        state = "every check passed on it" if not after_failed else f"{len(after_failed)} check(s) still fail on it"
+        reasons.append(f"Defense <b>{escape(defense['name'])}</b>{' + repair' if defense.get('repair') is not None else ''} "
+                       f"was applied; the repaired model ({outputs}) was re-audited: {state}.")
+    elif defense.get("reason"):
+        reasons.append(escape(defense["reason"]))
+    items = "".join(f"<li>{r}</li>" for r in reasons)
+    return (f'<div class="verdict v-{verdict}">{headline}<small>exit code {code} · gate: {result["gate"]} stage · '
+            f'model {escape(result["model"]["path"])}</small></div><ul class="reasons">{items}</ul>')
+
+
+def _metrics_table(result: dict) -> str:
+    m = result["metrics"]
+    before, after, edit = m.get("before") or {}, m.get("after") or {}, m.get("after_edit") or {}
+    if not before or "error" in before:
+        return ""
+    source = before.get("asr_trigger") or after.get("asr_trigger")
+    asr_label = {"known": "ASR (true, with the known trigger)", "recovered": "ASR (recovered trigger: an estimate)"}.get(
+        source, "ASR (no trigger known or recovered)")
+    target = before.get("target")
+    rows = [("C-ACC (clean accuracy)", before.get("c_acc"), edit.get("c_acc"), after.get("c_acc")),
+            (asr_label + (f", target class {target}" if target is not None else ""), before.get("asr"), edit.get("asr"), after.get("asr"))]
+    if before.get("r_acc") is not None:
+        rows.append(("R-ACC (triggered samples classified correctly)", before.get("r_acc"), None, after.get("r_acc")))
+    body = "".join(f"<tr><th>{escape(name)}</th><td>{_pct(b)}</td><td>{_pct(e)}</td><td>{_pct(a)}</td></tr>" for name, b, e, a in rows)
+    return ("<h3>Attack success and accuracy</h3>"
+            f'<table class="grid"><tr><th></th><th>Before (as delivered)</th><th>After unlearning</th><th>After repair</th></tr>{body}</table>'
+            f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense.</p>")
+
+
+def _checks_matrix(result: dict) -> str:
+    names: dict[str, dict] = {}
+    for c in result["checks"]:
+        names.setdefault(c["name"], {})[c["stage"]] = c
+    rows = []
+    for name, stages in names.items():
+        cells = []
+        for stage in ("before", "after"):
+            c = stages.get(stage)
+            if c is None:
+                cells.append("<td></td>")
+                continue
+            msg = f"<br><small>{escape(c['message'])}</small>" if c["message"] else ""
+            cells.append(f'<td><span class="o-{c["outcome"]}">{OUTCOME_WORD[c["outcome"]]}</span>{msg}</td>')
+        rows.append(f"<tr><th>{escape(name)}</th>{''.join(cells)}</tr>")
+    return ('<h3>Checks</h3><table class="grid"><tr><th>Check</th><th>Before (as delivered)</th><th>After defense + repair</th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def _scan_section(result: dict) -> str:
+    scan = result.get("scan")
+    if not scan:
+        return ""
+    after = scan.get("after") or {}
+    threshold = result["config"]["anomaly_threshold"]
+    top = max([abs(a) for a in scan["anomaly_index"]] + [threshold, 1e-9])
+    rows = []
+    for c, (norm, index) in enumerate(zip(scan["norms"], scan["anomaly_index"])):
+        flagged = c in scan["flagged_classes"]
+        width = int(120 * max(index, 0) / top)
+        bar = f'<span class="bar{" hot" if flagged else ""}" style="width:{width}px"></span>'
+        asr = scan["recovered_asr"][c] if scan.get("recovered_asr") else None
+        after_cells = (f"<td>{after['norms'][c]:.1f}</td><td>{after['anomaly_index'][c]:.2f}</td>" if after else "")
+        rows.append(f'<tr class="{"flag" if flagged else ""}"><td>{_class_label(result, c)}</td><td>{norm:.1f}</td>'
+                    f"<td>{index:.2f} {bar}</td><td>{_pct(asr)}</td><td>{'FLAGGED' if flagged else ''}</td>{after_cells}</tr>")
+    after_head = "<th>after: mask L1</th><th>after: anomaly index</th>" if after else ""
+    return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
+            f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
+            f"smaller mask than the others: anomaly index = (median − L1) / (1.4826 · MAD); flagged above {threshold:g}. "
+            f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
+            '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'
+            f"<th></th>{after_head}</tr>{''.join(rows)}</table>")
+
+
+def _figure(label: str, b64: str) -> str:
+    return f'<figure><img src="data:image/png;base64,{b64}" alt="{escape(label)}"><figcaption>{escape(label)}</figcaption></figure>'
+
+
+def _pictures(session, result: dict) -> str:
+    scan = session._scans.get("before")
+    if session.split is None or session.handle is None:
+        return ""
+    example = session.split.eval.x[0]
+    blocks = []
+    if scan is not None:
+        flagged = result["scan"]["flagged_classes"]
+        shown = flagged or [max(range(len(scan.anomaly_index)), key=lambda c: scan.anomaly_index[c])]
+        for c in shown[:4]:
+            title = (f"Recovered trigger for class {_class_label(result, c)}"
+                     + (" (flagged)" if c in flagged else " (most anomalous class, not flagged)"))
+            pics = trigger_pictures(scan.masks[c], scan.patterns[c], example)
+            blocks.append(f"<h4>{title}</h4><div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
+    if session.known_trigger is not None:
+        t = session.known_trigger
+        pics = trigger_pictures(t.mask, t.pattern, example)
+        blocks.append(f"<h4>Known trigger (--trigger), target class {_class_label(result, t.target)}</h4>"
+                      f"<div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
+    return "<h3>Trigger pictures</h3>" + "".join(blocks) if blocks else ""
+
+
+def _per_class(result: dict) -> str:
+    m = result["metrics"]
+    before = (m.get("before") or {}).get("per_class_acc")
+    if not before:
+        return ""
+    edit = (m.get("after_edit") or {}).get("per_class_acc") or [None] * len(before)
+    after = (m.get("after") or {}).get("per_class_acc") or [None] * len(before)
+    targets = (result.get("scan") or {}).get("flagged_classes") or []
+    known = (m.get("before") or {}).get("target")
+    first = ([known] if known is not None else []) + [c for c in targets if c != known]
+    order = first + [c for c in range(len(before)) if c not in first]
+    rows = "".join(
+        f'<tr class="{"flag" if c in first else ""}"><td>{_class_label(result, c)}{" · target" if c in first else ""}</td>'
+        f"<td>{_pct(before[c])}</td><td>{_pct(edit[c])}</td><td>{_pct(after[c])}</td></tr>"
+        for c in order)
+    return ('<h3>Per-class accuracy</h3><table class="grid"><tr><th>Class</th><th>Before</th><th>After unlearning</th>'
+            f"<th>After repair</th></tr>{rows}</table>")
+
+
+def _facts(result: dict) -> str:
+    model, data = result["model"], result.get("data") or {}
+    defense = result.get("defense") or {}
+    rows = [
+        ("Model file", model["path"]), ("SHA-256", model.get("sha256")), ("Format", model.get("format")),
+        ("Architecture", model.get("arch")), ("Parameters", f"{model.get('param_count'):,}" if model.get("param_count") else None),
+        ("Input (C, H, W)", model.get("input_shape")), ("Normalisation", f"mean {model.get('mean')}, std {model.get('std')}" if model.get("mean") else None),
+        ("Notes", "; ".join(model.get("notes") or []) or None),
+        ("Clean data", f"{data.get('source')}: {data.get('fit_samples')} fit / {data.get('eval_samples')} evaluation samples" if data else None),
+        ("Seed", result["seed"]), ("Defense", f"{defense.get('name')} ({defense.get('seconds', 0):.1f}s)" if defense.get("applied") else "not applied"),
+        ("Repaired files", ", ".join((defense.get("outputs") or {}).values()) or None),
+        ("Timings", ", ".join(f"{k} {v:.1f}s" for k, v in result["timings"].items())),
+    ]
+    body = "".join(f"<tr><th>{escape(k)}</th><td class='mono'>{escape(str(v))}</td></tr>" for k, v in rows if v is not None)
+    return f'<h3>Model and run</h3><table class="grid">{body}</table>'

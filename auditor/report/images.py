@@ -1,0 +1,36 @@
+"""Small PNGs (base64) of triggers for the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def png_base64(image: torch.Tensor, scale: int = 4) -> str:
+    """image: C x H x W or H x W in [0, 1]; upscaled with nearest neighbour so pixels stay visible."""
+    arr = image.detach().float().clamp(0, 1).cpu()
+    if arr.dim() == 3:
+        arr = arr[0] if arr.shape[0] == 1 else arr.permute(1, 2, 0)
+    pixels = (arr.numpy() * 255).round().astype(np.uint8)
+    img = Image.fromarray(pixels)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def trigger_pictures(mask: torch.Tensor, pattern: torch.Tensor, example: torch.Tensor) -> dict[str, str]:
+    """mask (1 x H x W), pattern (C x H x W), example clean image (C x H x W) -> name: base64 PNG."""
+    scale = max(1, 112 // max(mask.shape[-2:]))
+    stamped = (1 - mask) * example + mask * pattern
+    return {
+        "mask": png_base64(mask, scale),
+        "pattern": png_base64(pattern, scale),
+        "trigger": png_base64(mask * pattern, scale),
+        "clean example": png_base64(example, scale),
+        "stamped example": png_base64(stamped, scale),
+    }

@@ -1,0 +1,114 @@
+"""The audit's result model: one dict (JSON-ready) that every renderer reads, and the exit code."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("auditor", "torch", "torchvision", "onnx", "onnxruntime-gpu", "onnx2torch", "pytest", "pytest-html"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _round(value, digits=4):
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    return value
+
+
+def verdict_and_exit(records, session, pytest_exit: int | None, collected: int, gate: str) -> tuple[str, int, list[str]]:
+    errors = list(session.errors.values())
+    errors += [f"{r.id}: {r.message}" for r in records if r.outcome == "error"]
+    if collected == 0:
+        errors.append("no checks were collected")
+    if pytest_exit is not None and pytest_exit not in (0, 1):
+        errors.append(f"pytest ended with exit status {pytest_exit}")
+    if errors:
+        return "error", EXIT_ERROR, errors
+    after_ran = any(r.stage == "after" and r.outcome != "skipped" for r in records)
+    stage = "after" if gate == "after" and after_ran else "before"
+    failed = [r for r in records if r.outcome == "failed" and r.stage == stage]
+    return ("fail", EXIT_FAIL, []) if failed else ("pass", EXIT_PASS, [])
+
+
+def _scan_dict(session, result) -> dict:
+    flagged = session.flagged(result)
+    out = {"flagged_classes": flagged, **result.summary()}
+    return _round(out)
+
+
+def build_result(plugin, pytest_exit: int | None = None) -> dict:
+    session = plugin.session
+    cfg = session.config
+    records = list(plugin.records.values())
+    verdict, code, errors = verdict_and_exit(records, session, pytest_exit, plugin.collected, cfg.gate)
+    out: dict = {
+        "verdict": verdict,
+        "exit_code": code,
+        "gate": cfg.gate,
+        "errors": errors,
+        "model": {"path": str(cfg.model), "sha256": None, "format": None},
+        "checks": [
+            {"id": r.id, "name": r.name, "stage": r.stage, "outcome": r.outcome, "message": r.message,
+             "seconds": r.seconds, "backdoor": r.backdoor}
+            for r in records
+        ],
+        "scan": None,
+        "defense": None,
+        "metrics": {"before": None, "after": None},
+        "seed": cfg.seed,
+        "config": {"data": cfg.data, "clean_samples": cfg.clean_samples, "scan": cfg.scan, "defense": cfg.defense,
+                   "repair": cfg.repair, "min_accuracy": cfg.min_accuracy, "max_accuracy_drop": cfg.max_accuracy_drop,
+                   "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "max_asr": cfg.max_asr,
+                   "trigger": str(cfg.trigger) if cfg.trigger else None},
+        "versions": versions(),
+        "timings": _round(dict(session.timings), 2),
+    }
+    if session.handle is not None:
+        info = session.handle.info
+        out["model"] = {
+            "path": info.path, "sha256": info.sha256, "format": info.format, "size_bytes": info.size_bytes,
+            "param_count": info.param_count, "input_shape": list(info.input_shape), "num_classes": info.num_classes,
+            "arch": info.arch, "opset": info.opset, "mean": list(info.mean), "std": list(info.std), "notes": list(info.notes),
+            "class_names": info.metadata.get("class_names"),
+        }
+    if session.split is not None:
+        out["data"] = {"source": session.split.fit.source, "fit_samples": len(session.split.fit),
+                       "eval_samples": len(session.split.eval)}
+    before_scan = session._scans.get("before")
+    if before_scan is not None:
+        out["scan"] = _scan_dict(session, before_scan)
+        if "after" in session._scans:
+            out["scan"]["after"] = _scan_dict(session, session._scans["after"])
+    for stage in ("before", "after"):
+        if stage in session._metrics:
+            try:
+                out["metrics"][stage] = _round(session.metrics(stage))
+            except Exception as exc:  # a metric that cannot be computed must not hide the verdict
+                out["metrics"][stage] = {"error": str(exc)}
+    if session.defense is not None:
+        d = session.defense
+        out["defense"] = _round({
+            "name": d.name, "applied": True, "seconds": d.seconds, "outputs": d.outputs, "triggers": d.triggers,
+            "samples_used": d.samples_used, "repair": d.repair, "stats": d.stats,
+        })
+        out["metrics"]["after_edit"] = _round({"c_acc": d.c_acc_after_edit, "asr": d.asr_after_edit,
+                                               "per_class_acc": d.per_class_after_edit})
+    else:
+        out["defense"] = {"name": cfg.defense, "applied": False, "reason": session.skip_reason, "seconds": 0.0,
+                          "outputs": {}}
+    return out

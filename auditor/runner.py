@@ -1,0 +1,111 @@
+"""Run one audit: prepare the session, one in-process pytest session over the check folders
+(before and after stages together, so one HTML report holds both), then JSON and the exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import AuditConfig
+from .report.result import EXIT_ERROR
+
+BUILTIN_CHECKS = Path(__file__).resolve().parents[1] / "checks"
+
+
+def builtin_checks_dir() -> Path:
+    if BUILTIN_CHECKS.is_dir():
+        return BUILTIN_CHECKS
+    import auditor.checks  # installed wheel: checks/ ships as auditor.checks
+
+    return Path(auditor.checks.__file__).parent
+
+
+def pytest_args(config: AuditConfig, check_dirs: list[Path]) -> list[str]:
+    args = [str(d) for d in check_dirs]
+    args += [
+        "-c", os.devnull, "--rootdir", str(check_dirs[0]), "--import-mode=importlib",
+        "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist",
+        "-o", "python_files=check_*.py", "-o", "python_functions=check_*", "-o", "python_classes=Check",
+        "-o", "console_output_style=classic", "-q", "--tb=no", "-rN", "--no-header",
+        "-W", "ignore::DeprecationWarning", "-W", "ignore::UserWarning",
+    ]
+    if config.html:
+        args += ["--html", str(config.html), "--self-contained-html",
+                 "--css", str(Path(__file__).parent / "report" / "report.css"), "-o", "render_collapsed=all"]
+    if config.junitxml:
+        args += ["--junitxml", str(config.junitxml), "-o", "junit_suite_name=auditor", "-o", "junit_family=xunit2"]
+    return args
+
+
+def write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def run_audit(config: AuditConfig, progress=None) -> tuple[int, dict]:
+    import pytest
+
+    from .plugin import AuditPlugin
+    from .session import AuditSession
+
+    for out in (config.html, config.json, config.junitxml):
+        if out is not None:
+            for source in (config.model, config.paired_model, config.trigger, config.metadata):
+                if source is not None and Path(out).resolve() == Path(source).resolve():
+                    from .errors import AuditorInputError
+
+                    raise AuditorInputError(f"{out}: refusing to write a report over an input file")
+    session = AuditSession(config, progress)
+    session.prepare()
+    plugin = AuditPlugin(session)
+    check_dirs = [builtin_checks_dir(), *config.checks_dirs]
+    if config.html:
+        Path(config.html).parent.mkdir(parents=True, exist_ok=True)
+    session.progress(f"running checks from {', '.join(str(d) for d in check_dirs)}")
+    # pytest's own terminal output goes to stderr so stdout carries only auditor's summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        status = int(pytest.main(pytest_args(config, check_dirs), plugins=[plugin]))
+    result = plugin.finalise(status)
+    if status not in (0, 1) and result["exit_code"] != EXIT_ERROR:
+        result.update(verdict="error", exit_code=EXIT_ERROR)
+        result["errors"].append(f"pytest ended with exit status {status}")
+    if config.json:
+        write_json(Path(config.json), result)
+    return result["exit_code"], result
+
+
+def validate_names(config: AuditConfig) -> None:
+    """Unknown scan or defense names are usage errors, caught before any work starts."""
+    from . import defenses, scans  # noqa: F401  (registers)
+    from .errors import AuditorInputError
+    from .registry import DEFENSES, SCANS
+
+    try:
+        SCANS.get(config.scan)
+        if config.defense != "none":
+            DEFENSES.get(config.defense)
+    except KeyError as exc:
+        raise AuditorInputError(exc.args[0]) from None
+    for name, registry, params in ((config.scan, SCANS, config.scan_params),
+                                   (config.defense, DEFENSES, config.defense_params)):
+        if name == "none":
+            continue
+        unknown = set(params) - set(registry.get(name).params) - {"seed"}
+        if unknown:
+            raise AuditorInputError(f"{name}: unknown parameters {', '.join(sorted(unknown))} "
+                                    f"(known: {', '.join(registry.get(name).params)})")
+    from dataclasses import fields
+
+    from .defenses import RepairParams
+
+    unknown = set(config.repair_params) - {f.name for f in fields(RepairParams)}
+    if unknown:
+        raise AuditorInputError(f"repair: unknown parameters {', '.join(sorted(unknown))}")

@@ -1,0 +1,282 @@
+"""One audit's state: the loaded model, data split, scans, metrics and the defense, computed lazily
+and cached so every check of a stage shares one pass (no check re-runs inference or a scan)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import AuditConfig
+from .errors import AuditorInputError
+from .metrics import accuracy, attack_success_rate, per_class_accuracy
+
+STAGES = ("before", "after")
+
+
+class StageSkipped(Exception):
+    """The after stage does not run (no backdoor check failed, or no defense was chosen)."""
+
+
+def progress_printer(quiet: bool):
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        if not quiet:
+            print(f"[auditor {time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+@dataclass
+class DefenseRecord:
+    name: str
+    triggers: list[dict]
+    seconds: float = 0.0
+    samples_used: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+    repair: dict[str, Any] | None = None
+    per_class_after_edit: list[float | None] | None = None
+    c_acc_after_edit: float | None = None
+    asr_after_edit: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class AuditSession:
+    def __init__(self, config: AuditConfig, progress=None):
+        self.config = config
+        self.progress = progress or progress_printer(config.quiet)
+        self.errors: dict[str, str] = {}
+        self.handle = None
+        self.split = None
+        self.known_trigger = None
+        self.paired = None
+        self.timings: dict[str, float] = {}
+        self._scans: dict[str, Any] = {}
+        self._metrics: dict[str, dict] = {}
+        self._after_handle = None
+        self._after_error: BaseException | None = None
+        self.defense: DefenseRecord | None = None
+        self.defense_needed: bool | None = None
+        self.skip_reason: str | None = None
+        self.repaired_module_for_parity = None
+
+    # ---------------------------------------------------------------- preparation
+    def prepare(self) -> None:
+        """Load model, data and trigger; input errors are kept (checks then error out) not raised."""
+        from .data import conform, load_data, split
+        from .loading import LoadRequest, load_model
+        from .triggers import load_trigger
+
+        cfg = self.config
+        t = time.perf_counter()
+        try:
+            self.progress(f"loading {cfg.model}")
+            self.handle = load_model(self._request(cfg.model))
+        except AuditorInputError as exc:
+            self.errors["model"] = str(exc)
+            return
+        self.timings["load"] = time.perf_counter() - t
+        c, h, w = self.handle.input_shape
+        if cfg.paired_model:
+            try:
+                self.paired = load_model(self._request(cfg.paired_model))
+            except AuditorInputError as exc:
+                self.errors["paired_model"] = str(exc)
+        try:
+            data = conform(load_data(cfg.data), c, h, w, self.handle.num_classes)
+            self.split = split(data, cfg.clean_samples, cfg.seed, self.handle.num_classes)
+            self.progress(f"data {data.source}: {len(self.split.fit)} fit samples, {len(self.split.eval)} evaluation samples")
+        except AuditorInputError as exc:
+            self.errors["data"] = str(exc)
+        if cfg.trigger:
+            try:
+                self.known_trigger = load_trigger(cfg.trigger, c, h, w)
+                if not 0 <= self.known_trigger.target < self.handle.num_classes:
+                    raise AuditorInputError(f"{cfg.trigger}: target {self.known_trigger.target} is not a class of the model")
+            except AuditorInputError as exc:
+                self.errors["trigger"] = str(exc)
+
+    def _request(self, path: Path, **overrides):
+        from .loading import LoadRequest
+
+        cfg = self.config
+        base = LoadRequest(path=Path(path), arch=cfg.arch, arch_kwargs=dict(cfg.arch_kwargs), input_shape=cfg.input_shape,
+                           mean=cfg.mean, std=cfg.std, metadata_path=cfg.metadata, max_file_bytes=cfg.max_file_bytes)
+        return replace(base, **overrides)
+
+    def require(self, *what: str) -> None:
+        for key in what:
+            if key in self.errors:
+                raise AuditorInputError(self.errors[key])
+        if "model" in what and self.handle is None:
+            raise AuditorInputError("the model was not loaded")
+        if "data" in what and self.split is None:
+            raise AuditorInputError("no clean data was loaded")
+
+    # ---------------------------------------------------------------- per stage
+    def model(self, stage: str):
+        self.require("model")
+        if stage == "before":
+            return self.handle
+        return self._after()
+
+    def model_file(self, stage: str) -> Path:
+        if stage == "before":
+            return Path(self.config.model)
+        self._after()
+        outputs = self.defense.outputs
+        return Path(outputs.get("onnx") or next(iter(outputs.values())))
+
+    def scan(self, stage: str):
+        if stage not in self._scans:
+            from .registry import SCANS
+            from . import scans  # noqa: F401  (registers the scans)
+
+            handle = self.model(stage)
+            self.require("data")
+            entry = SCANS.get(self.config.scan)
+            self.progress(f"{entry.name} scan of the {stage} model ({handle.num_classes} classes)")
+            result = entry.factory(handle, self.split, self.config.scan_params, self.config.seed, self.progress)
+            self.timings[f"scan_{stage}"] = result.seconds
+            flagged = self.flagged(result)
+            self.progress(f"{entry.name} done in {result.seconds:.1f}s: flagged classes {flagged or 'none'}")
+            self._scans[stage] = result
+        return self._scans[stage]
+
+    def flagged(self, result) -> list[int]:
+        """Classes whose anomaly index exceeds the threshold AND whose mask is at most
+        `max_mask_ratio` of the median mask, most anomalous first. The second condition keeps a
+        tight cluster of similar norms (a small MAD) from flagging an ordinary class."""
+        idx, norms = result.anomaly_index, result.norms
+        median = sorted(norms)[len(norms) // 2]
+        return sorted((c for c, a in enumerate(idx)
+                       if a > self.config.anomaly_threshold and norms[c] <= self.config.max_mask_ratio * median),
+                      key=lambda c: -idx[c])
+
+    def metrics(self, stage: str) -> dict:
+        """C-ACC and per-class accuracy; ASR too once a trigger is known or recovered (else None)."""
+        if stage not in self._metrics:
+            handle = self.model(stage)
+            self.require("data")
+            self._metrics[stage] = self.measure(handle, with_attack=False)
+        metrics = self._metrics[stage]
+        if metrics["asr_trigger"] is None and self.reference_trigger() is not None:
+            metrics.update(self.measure_attack(self.model(stage), self.reference_trigger()))
+        return metrics
+
+    def measure(self, handle, with_attack: bool = True) -> dict:
+        ev = self.split.eval
+        pred = handle.predict(ev.x)
+        out = {
+            "c_acc": accuracy(pred, ev.y),
+            "per_class_acc": per_class_accuracy(pred, ev.y, handle.num_classes),
+            "asr": None, "asr_trigger": None, "target": None, "r_acc": None, "eval_samples": len(ev),
+        }
+        trigger = self.reference_trigger()
+        if with_attack and trigger is not None:
+            out.update(self.measure_attack(handle, trigger))
+        return out
+
+    def measure_attack(self, handle, trigger) -> dict:
+        ev = self.split.eval
+        triggered = handle.predict(trigger.apply(ev.x))
+        keep = ev.y != trigger.target
+        return {"asr": attack_success_rate(triggered, ev.y, trigger.target), "asr_trigger": trigger.source,
+                "target": trigger.target, "r_acc": accuracy(triggered[keep], ev.y[keep])}
+
+    def reference_trigger(self):
+        """The trigger ASR is measured with: the known one, else the top recovered one from the BEFORE scan."""
+        if self.known_trigger is not None:
+            return self.known_trigger
+        result = self._scans.get("before")
+        if result is None:
+            return None
+        flagged = self.flagged(result)
+        if not flagged:
+            return None
+        return self._recovered_trigger(result, flagged[0])
+
+    @staticmethod
+    def _recovered_trigger(result, cls):
+        from .triggers import Trigger
+
+        return Trigger(result.masks[cls], result.patterns[cls], cls, "recovered")
+
+    # ---------------------------------------------------------------- defense
+    def decide_defense(self, backdoor_failed: bool) -> None:
+        self.defense_needed = backdoor_failed
+        if not backdoor_failed:
+            self.skip_reason = "no backdoor check failed: no defense applied"
+        elif self.config.defense == "none":
+            self.skip_reason = "a backdoor check failed but --defense none was chosen"
+
+    def _after(self):
+        if self.defense_needed is None:
+            raise StageSkipped("the before stage has not run")
+        if self.skip_reason:
+            raise StageSkipped(self.skip_reason)
+        if self._after_error is not None:
+            raise self._after_error
+        if self._after_handle is None:
+            try:
+                self._after_handle = self._run_defense()
+            except BaseException as exc:
+                self._after_error = exc
+                raise
+        return self._after_handle
+
+    def _run_defense(self):
+        from .defenses import RepairParams, repair
+        from .loading import load_model
+        from .outputs import write_repaired
+        from .registry import DEFENSES
+
+        cfg = self.config
+        self.require("model", "data")
+        entry = DEFENSES.get(cfg.defense)
+        before_scan = self._scans.get("before")
+        flagged = self.flagged(before_scan) if before_scan is not None else []
+        triggers = [self._recovered_trigger(before_scan, c) for c in flagged]
+        if not triggers and self.known_trigger is not None:
+            triggers = [self.known_trigger]
+        if not triggers:
+            raise RuntimeError("a backdoor check failed but no trigger (recovered or known) is available to unlearn")
+        record = DefenseRecord(entry.name, [{"target": t.target, "source": t.source} for t in triggers])
+        self.defense = record
+        fit = self.split.fit
+        self.progress(f"defense {entry.name}: unlearning {len(triggers)} trigger(s) with {len(fit)} clean samples")
+        start = time.perf_counter()
+        outcome = entry.factory(self.handle, fit, triggers, cfg.defense_params, cfg.seed, self.progress)
+        edited = outcome.handle
+        edit_metrics = self.measure(edited)
+        record.per_class_after_edit = edit_metrics["per_class_acc"]
+        record.c_acc_after_edit, record.asr_after_edit = edit_metrics["c_acc"], edit_metrics["asr"]
+        record.samples_used, record.stats = outcome.samples_used, outcome.stats
+        final = edited
+        if cfg.repair:
+            targets = [t.target for t in triggers]
+            final, stats = repair(self.handle, edited, fit, triggers, targets, RepairParams(**cfg.repair_params),
+                                  cfg.seed, self.progress)
+            record.repair = stats
+        record.seconds = time.perf_counter() - start
+        self.timings["defense"] = record.seconds
+        protected = tuple(p for p in (cfg.model, cfg.paired_model, cfg.trigger, cfg.metadata) if p)
+        written = write_repaired(final, self.handle, cfg.output_dir, protected)
+        record.outputs = {k: str(v) for k, v in written.items()}
+        self.progress(f"repaired model written: {', '.join(record.outputs.values())}")
+        # The after stage audits the files as written, loaded back through the same fail-closed loader.
+        info = self.handle.info
+        reload_path = written.get("onnx") or next(iter(written.values()))
+        arch = cfg.arch or (info.metadata.get("arch", {}) or {}).get("callable")
+        kwargs = dict(cfg.arch_kwargs) or dict((info.metadata.get("arch", {}) or {}).get("kwargs", {}))
+        request = self._request(reload_path, arch=arch, arch_kwargs=kwargs, input_shape=info.input_shape,
+                                mean=info.mean, std=info.std, metadata_path=None)
+        after = load_model(replace(request, path=Path(reload_path)))
+        after.info = replace(after.info, metadata=info.metadata)
+        self.repaired_module_for_parity = final.module
+        return after

@@ -1,0 +1,31 @@
+"""Backdoor checks: a trigger-recovery scan over every class, and the true ASR when the trigger is known."""
+
+import pytest
+
+
+@pytest.mark.backdoor
+def check_trigger_scan(scan, audit_session, audit_config, record_property):
+    flagged = audit_session.flagged(scan)
+    record_property("anomaly_index", [round(a, 2) for a in scan.anomaly_index])
+    record_property("flagged_classes", flagged)
+    if flagged:
+        median = sorted(scan.norms)[len(scan.norms) // 2]  # the same median as AuditSession.flagged
+        worst = flagged[0]
+        names = audit_session.handle.info.metadata.get("class_names") or []
+        label = f"{worst} ({names[worst]})" if worst < len(names) else str(worst)
+        raise AssertionError(
+            f"possible backdoor: class {label} has anomaly index {scan.anomaly_index[worst]:.2f} > "
+            f"{audit_config.anomaly_threshold:g} (trigger mask L1 {scan.norms[worst]:.1f} vs median {median:.1f}, "
+            f"recovered-trigger ASR {scan.recovered_asr[worst]:.0%}); flagged classes: {flagged}"
+        )
+
+
+@pytest.mark.backdoor
+def check_known_trigger_asr(metrics, known_trigger, audit_config, record_property):
+    if known_trigger is None:
+        pytest.skip("no --trigger given: the true attack success rate cannot be measured")
+    record_property("asr", round(metrics["asr"], 4))
+    assert metrics["asr"] <= audit_config.max_asr, (
+        f"the known trigger sends {metrics['asr']:.1%} of non-target samples to class {known_trigger.target} "
+        f"(ASR > {audit_config.max_asr:.0%})"
+    )
