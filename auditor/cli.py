@@ -144,11 +144,19 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
 def print_summary(result: dict, config) -> None:
     for err in result["errors"]:
         click.echo(f"auditor: error: {err}", err=True)
+    after = [c for c in result["checks"] if c["stage"] == "after"]
+    after_skipped = bool(after) and all(c["outcome"] == "skipped" for c in after) and len({c["message"] for c in after}) == 1
     for c in result["checks"]:
+        if after_skipped and c["stage"] == "after":
+            continue
         line = f"  {c['outcome'].upper():7} [{c['stage']}] {c['name']}"
-        if c["message"] and c["outcome"] != "passed":
+        if c["outcome"] == "error" and c["message"] in result["errors"]:
+            line += ": could not run (the error above)"
+        elif c["message"] and c["outcome"] != "passed":
             line += f": {c['message']}"
         click.echo(line)
+    if after_skipped:
+        click.echo(f"  SKIPPED [after] every check: {after[0]['message']}")
     m = result["metrics"]
     for stage in ("before", "after"):
         s = m.get(stage)

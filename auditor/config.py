@@ -94,7 +94,7 @@ def build_config(cli: dict[str, Any], config_file: Path | None) -> AuditConfig:
 
 
 def with_outputs(config: AuditConfig) -> AuditConfig:
-    """Fill the default report path: reports/<model stem>.html."""
+    """Fill the default report path: <output_dir>/<model file name>.html."""
     if config.html is None:
-        return replace(config, html=config.output_dir / f"{config.model.stem}.html")
+        return replace(config, html=config.output_dir / f"{config.model.name}.html")
     return config

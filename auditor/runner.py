@@ -70,8 +70,10 @@ def run_audit(config: AuditConfig, progress=None) -> tuple[int, dict]:
     if config.html:
         Path(config.html).parent.mkdir(parents=True, exist_ok=True)
     session.progress(f"running checks from {', '.join(str(d) for d in check_dirs)}")
-    # pytest's own terminal output goes to stderr so stdout carries only auditor's summary.
-    with contextlib.redirect_stdout(sys.stderr):
+    # pytest's own terminal output goes to stderr (nowhere with --quiet) so stdout carries only
+    # auditor's summary.
+    sink = open(os.devnull, "w") if config.quiet else contextlib.nullcontext(sys.stderr)
+    with sink as stream, contextlib.redirect_stdout(stream):
         status = int(pytest.main(pytest_args(config, check_dirs), plugins=[plugin]))
     result = plugin.finalise(status)
     if status not in (0, 1) and result["exit_code"] != EXIT_ERROR:

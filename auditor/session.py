@@ -120,10 +120,10 @@ class AuditSession:
 
     # ---------------------------------------------------------------- per stage
     def model(self, stage: str):
+        if stage == "after":
+            return self._after()
         self.require("model")
-        if stage == "before":
-            return self.handle
-        return self._after()
+        return self.handle
 
     def model_file(self, stage: str) -> Path:
         if stage == "before":
@@ -210,7 +210,9 @@ class AuditSession:
     # ---------------------------------------------------------------- defense
     def decide_defense(self, backdoor_failed: bool) -> None:
         self.defense_needed = backdoor_failed
-        if not backdoor_failed:
+        if self.handle is None or self.split is None:
+            self.skip_reason = "the model or the data could not be loaded: nothing to repair"
+        elif not backdoor_failed:
             self.skip_reason = "no backdoor check failed: no defense applied"
         elif self.config.defense == "none":
             self.skip_reason = "a backdoor check failed but --defense none was chosen"

@@ -71,6 +71,8 @@ def sniff_format(path: Path, size: int) -> str:
         if any("/code/" in n or n.startswith("code/") for n in names) and any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
         return "torch-zip"
+    if head[:4] == b"PK\x03\x04":
+        raise AuditorInputError(f"{path}: truncated or corrupt zip archive (a PyTorch checkpoint is a zip file)")
     if head[:1] == b"\x80":
         return "pickle"
     if safetensors_header(path, size) is not None:

@@ -32,7 +32,9 @@ def _round(value, digits=4):
 
 def verdict_and_exit(records, session, pytest_exit: int | None, collected: int, gate: str) -> tuple[str, int, list[str]]:
     errors = list(session.errors.values())
-    errors += [f"{r.id}: {r.message}" for r in records if r.outcome == "error"]
+    for r in records:  # one line per distinct cause: a model that did not load errors every check
+        if r.outcome == "error" and r.message not in errors and f"{r.name}: {r.message}" not in errors:
+            errors.append(r.message if r.message.startswith("cannot collect") else f"{r.name}: {r.message}")
     if collected == 0:
         errors.append("no checks were collected")
     if pytest_exit is not None and pytest_exit not in (0, 1):

@@ -98,16 +98,22 @@ def neural_cleanse(
     eval_y: torch.Tensor | None = None,
     params: NeuralCleanseParams = NeuralCleanseParams(),
     progress: Callable[[str], None] | None = None,
+    classes: list[int] | None = None,
 ) -> NeuralCleanseResult:
+    """`classes` restricts the scan to some classes (the benchmark's one-class-at-a-time loop);
+    their initialisation and batches are the same as in the full batched scan."""
     start = time.perf_counter()
     device = handle.device
-    k = handle.num_classes
     c, h, w = handle.input_shape
+    classes = list(range(handle.num_classes)) if classes is None else list(classes)
+    k = len(classes)
     gen = torch.Generator().manual_seed(params.seed)
     x = fit_x.to(device)
 
-    mask_raw = (torch.randn(k, 1, h, w, generator=gen) * 0.1 - 2.0).to(device).requires_grad_(True)
-    pattern_raw = (torch.randn(k, c, h, w, generator=gen) * 0.1).to(device).requires_grad_(True)
+    init_mask = torch.randn(handle.num_classes, 1, h, w, generator=gen) * 0.1 - 2.0
+    init_pattern = torch.randn(handle.num_classes, c, h, w, generator=gen) * 0.1
+    mask_raw = init_mask[classes].to(device).requires_grad_(True)
+    pattern_raw = init_pattern[classes].to(device).requires_grad_(True)
     opt = torch.optim.Adam([mask_raw, pattern_raw], lr=params.lr, betas=(0.5, 0.9))
 
     cost = torch.full((k,), params.init_cost, device=device)
@@ -119,7 +125,7 @@ def neural_cleanse(
     since_best = torch.zeros(k, dtype=torch.long, device=device)
     steps = torch.zeros(k, dtype=torch.long)
     active = torch.ones(k, dtype=torch.bool)
-    targets_all = torch.arange(k, device=device)
+    targets_all = torch.tensor(classes, device=device)
 
     flags = _freeze(handle.module)
     try:
@@ -181,7 +187,7 @@ def neural_cleanse(
         anomaly_index=anomaly_index(norms).tolist(), converged=(~never).cpu().tolist(), steps=steps.tolist(),
         recovered_asr=[], seconds=0.0, params=params, fit_samples=len(fit_x),
     )
-    if eval_x is not None and eval_y is not None:
+    if eval_x is not None and eval_y is not None and k == handle.num_classes:
         result.recovered_asr = recovered_trigger_asr(handle, result, eval_x, eval_y, params.asr_eval_samples, params.seed)
     result.seconds = time.perf_counter() - start
     return result

@@ -1,0 +1,108 @@
+"""Benchmark: full audits of the bundled fixtures, and batched vs one-class-at-a-time Neural Cleanse.
+
+    .venv/bin/python bench/bench_audit.py            # prints markdown tables
+    .venv/bin/python bench/bench_audit.py --skip-audits
+
+Each audit runs as its own `auditor scan` process (wall time and peak RSS from wait4). The NC
+comparison runs both variants in this process with identical settings, seed and batches, and
+prints the speed ratio; both must reach the same verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "fixtures" / "models"
+AUDITOR = str(Path(sys.executable).parent / "auditor")
+CASES = [
+    ("badnets_cnn.pt", True), ("badnets_cnn.onnx", True), ("clean_cnn.pt", False), ("clean_cnn.onnx", False),
+]
+
+
+def run_audit(model: str, backdoored: bool, out: Path) -> dict:
+    args = [AUDITOR, "scan", str(MODELS / model), "-q", "--output-dir", str(out), "--json", str(out / f"{model}.json"),
+            "--html", str(out / f"{model}.html")]
+    if backdoored:
+        args += ["--trigger", str(MODELS / "badnets_cnn.trigger.json")]
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    result = json.loads((out / f"{model}.json").read_text())
+    return {"result": result, "exit": os.waitstatus_to_exitcode(status), "wall": wall, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def pct(v):
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def audits() -> None:
+    print("## Full audits (default settings: 500 fit samples, NC + nc-unlearn + repair)\n")
+    print("| model | exit | flagged | top anomaly index | C-ACC before → after (%) | true ASR before → after (%) | scan before (s) | defense (s) | wall (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, backdoored in CASES:
+            r = run_audit(model, backdoored, Path(tmp))
+            res = r["result"]
+            before, after = res["metrics"]["before"] or {}, res["metrics"].get("after") or {}
+            scan = res.get("scan") or {}
+            top = max(scan.get("anomaly_index") or [float("nan")])
+            acc = f"{pct(before.get('c_acc'))} → {pct(after.get('c_acc'))}" if after else pct(before.get("c_acc"))
+            asr = f"{pct(before.get('asr'))} → {pct(after.get('asr'))}" if backdoored else "—"
+            print(f"| {model} | {r['exit']} | {scan.get('flagged_classes')} | {top:.2f} | {acc} | {asr} | "
+                  f"{res['timings'].get('scan_before', 0):.1f} | {res['timings'].get('defense', 0):.1f} | {r['wall']:.1f} | {r['rss_mb']:.0f} |")
+    print()
+
+
+def nc_batched_vs_loop(model: str) -> None:
+    import torch
+
+    from auditor.config import AuditConfig
+    from auditor.scans.neural_cleanse import NeuralCleanseParams, anomaly_index, neural_cleanse
+    from auditor.session import AuditSession
+
+    session = AuditSession(AuditConfig(model=MODELS / model), progress=lambda m: None)
+    session.prepare()
+    handle, fit = session.handle, session.split.fit
+    params = NeuralCleanseParams()
+    start = time.perf_counter()
+    batched = neural_cleanse(handle, fit.x, params=params)
+    t_batched = time.perf_counter() - start
+    start = time.perf_counter()
+    norms = []
+    for c in range(handle.num_classes):
+        norms.append(neural_cleanse(handle, fit.x, params=params, classes=[c]).norms[0])
+    t_loop = time.perf_counter() - start
+    loop_index = anomaly_index(torch.tensor(norms)).tolist()
+    flag_b = [c for c, a in enumerate(batched.anomaly_index) if a > 2]
+    flag_l = [c for c, a in enumerate(loop_index) if a > 2]
+    print(f"| {model} | {t_batched:.1f} | {t_loop:.1f} | {t_loop / t_batched:.1f}× | {flag_b} | {flag_l} | "
+          f"{max(abs(a - b) for a, b in zip(batched.norms, norms)):.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-audits", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}\n")
+    if not args.skip_audits:
+        audits()
+    print("## Neural Cleanse: batched over classes vs one class at a time (same settings, seed, batches)\n")
+    print("| model | batched (s) | per-class loop (s) | speed-up | flagged (batched) | flagged (loop) | max mask-norm difference |")
+    print("|---|---|---|---|---|---|---|")
+    for model in ("badnets_cnn.pt", "clean_cnn.pt"):
+        nc_batched_vs_loop(model)
+
+
+if __name__ == "__main__":
+    main()
