@@ -19,9 +19,12 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: in
     return out
 
 
-def attack_success_rate(pred_triggered: torch.Tensor, labels: torch.Tensor, target: int) -> float:
-    """Share of samples whose true label is not the target that the triggered input sends to the target."""
+def attack_success_rate(pred_triggered: torch.Tensor, labels: torch.Tensor, target: int | torch.Tensor) -> float:
+    """Share of samples whose true label is not the target that the triggered input sends to the target.
+
+    `target` is one class (all-to-one) or a per-sample tensor of targets (all-to-all)."""
+    target = torch.as_tensor(target, dtype=labels.dtype).expand_as(labels)
     sel = labels != target
     if not sel.any():
         return float("nan")
-    return (pred_triggered[sel] == target).float().mean().item()
+    return (pred_triggered[sel] == target[sel]).float().mean().item()

@@ -96,8 +96,9 @@ class AuditSession:
         if cfg.trigger:
             try:
                 self.known_trigger = load_trigger(cfg.trigger, c, h, w)
-                if not 0 <= self.known_trigger.target < self.handle.num_classes:
-                    raise AuditorInputError(f"{cfg.trigger}: target {self.known_trigger.target} is not a class of the model")
+                target = self.known_trigger.target
+                if target is not None and not 0 <= target < self.handle.num_classes:
+                        raise AuditorInputError(f"{cfg.trigger}: target {target} is not a class of the model")
             except AuditorInputError as exc:
                 self.errors["trigger"] = str(exc)
 
@@ -185,8 +186,9 @@ class AuditSession:
     def measure_attack(self, handle, trigger) -> dict:
         ev = self.split.eval
         triggered = handle.predict(trigger.apply(ev.x))
-        keep = ev.y != trigger.target
-        return {"asr": attack_success_rate(triggered, ev.y, trigger.target), "asr_trigger": trigger.source,
+        targets = trigger.target_labels(ev.y, handle.num_classes)
+        keep = ev.y != targets
+        return {"asr": attack_success_rate(triggered, ev.y, targets), "asr_trigger": trigger.source,
                 "target": trigger.target, "r_acc": accuracy(triggered[keep], ev.y[keep])}
 
     def reference_trigger(self):
@@ -248,7 +250,7 @@ class AuditSession:
             triggers = [self.known_trigger]
         if not triggers:
             raise RuntimeError("a backdoor check failed but no trigger (recovered or known) is available to unlearn")
-        record = DefenseRecord(entry.name, [{"target": t.target, "source": t.source} for t in triggers])
+        record = DefenseRecord(entry.name, [{"target": t.target_name, "source": t.source, "kind": t.kind} for t in triggers])
         self.defense = record
         fit = self.split.fit
         self.progress(f"defense {entry.name}: unlearning {len(triggers)} trigger(s) with {len(fit)} clean samples")
@@ -261,7 +263,7 @@ class AuditSession:
         record.samples_used, record.stats = outcome.samples_used, outcome.stats
         final = edited
         if cfg.repair:
-            targets = [t.target for t in triggers]
+            targets = [t.target for t in triggers if t.target is not None]
             final, stats = repair(self.handle, edited, fit, triggers, targets, RepairParams(**cfg.repair_params),
                                   cfg.seed, self.progress)
             record.repair = stats

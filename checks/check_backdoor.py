@@ -26,6 +26,6 @@ def check_known_trigger_asr(metrics, known_trigger, audit_config, record_propert
         pytest.skip("no --trigger given: the true attack success rate cannot be measured")
     record_property("asr", round(metrics["asr"], 4))
     assert metrics["asr"] <= audit_config.max_asr, (
-        f"the known trigger sends {metrics['asr']:.1%} of non-target samples to class {known_trigger.target} "
+        f"the known trigger sends {metrics['asr']:.1%} of non-target samples to class {known_trigger.target_name} "
         f"(ASR > {audit_config.max_asr:.0%})"
     )

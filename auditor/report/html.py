@@ -9,7 +9,7 @@ from html import escape
 
 import pytest
 
-from .images import trigger_pictures
+from .images import applied_pictures, trigger_pictures
 
 OUTCOME_WORD = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}
 
@@ -93,7 +93,8 @@ def _metrics_table(result: dict) -> str:
         source, "ASR (no trigger known or recovered)")
     target = before.get("target")
     rows = [("C-ACC (clean accuracy)", before.get("c_acc"), edit.get("c_acc"), after.get("c_acc")),
-            (asr_label + (f", target class {target}" if target is not None else ""), before.get("asr"), edit.get("asr"), after.get("asr"))]
+            (asr_label + (f", target class {target}" if target is not None else ", all-to-all: y → y+1" if source else ""),
+             before.get("asr"), edit.get("asr"), after.get("asr"))]
     if before.get("r_acc") is not None:
         rows.append(("R-ACC (triggered samples classified correctly)", before.get("r_acc"), None, after.get("r_acc")))
     body = "".join(f"<tr><th>{escape(name)}</th><td>{_pct(b)}</td><td>{_pct(e)}</td><td>{_pct(a)}</td></tr>" for name, b, e, a in rows)
@@ -140,7 +141,8 @@ def _scan_section(result: dict) -> str:
     after_head = "<th>after: mask L1</th><th>after: anomaly index</th>" if after else ""
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
-            f"smaller mask than the others: anomaly index = (median − L1) / (1.4826 · MAD); flagged above {threshold:g}. "
+            f"smaller mask than the others: anomaly index = (median − L1) / (1.4826 · MAD); flagged above {threshold:g} "
+            f"when the mask is also at most {result['config']['max_mask_ratio']:g} × the median mask. "
             f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
             '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'
             f"<th></th>{after_head}</tr>{''.join(rows)}</table>")
@@ -166,8 +168,9 @@ def _pictures(session, result: dict) -> str:
             blocks.append(f"<h4>{title}</h4><div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
     if session.known_trigger is not None:
         t = session.known_trigger
-        pics = trigger_pictures(t.mask, t.pattern, example)
-        blocks.append(f"<h4>Known trigger (--trigger), target class {_class_label(result, t.target)}</h4>"
+        pics = applied_pictures(t, example)
+        target = t.target_name if t.target is None else _class_label(result, t.target)
+        blocks.append(f"<h4>Known trigger (--trigger, {escape(t.kind)}), target class {target}</h4>"
                       f"<div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
     return "<h3>Trigger pictures</h3>" + "".join(blocks) if blocks else ""
 

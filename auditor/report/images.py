@@ -34,3 +34,18 @@ def trigger_pictures(mask: torch.Tensor, pattern: torch.Tensor, example: torch.T
         "clean example": png_base64(example, scale),
         "stamped example": png_base64(stamped, scale),
     }
+
+
+def applied_pictures(trigger, example: torch.Tensor) -> dict[str, str]:
+    """Any trigger (warp, additive, stamp): the example before and after, and the change, amplified."""
+    scale = max(1, 112 // max(example.shape[-2:]))
+    stamped = trigger.apply(example.unsqueeze(0))[0]
+    change = (stamped - example).abs()
+    pics = {}
+    if trigger.mask is not None:
+        pics["mask"] = png_base64(trigger.mask, scale)
+        pics["trigger"] = png_base64(trigger.mask * trigger.pattern, scale)
+    pics["clean example"] = png_base64(example, scale)
+    pics["stamped example"] = png_base64(stamped, scale)
+    pics["change (amplified)"] = png_base64(change / change.max().clamp_min(1e-6), scale)
+    return pics
