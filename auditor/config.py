@@ -35,6 +35,7 @@ class AuditConfig:
     max_accuracy_drop: float = 0.02
     anomaly_threshold: float = 2.0
     max_mask_ratio: float = 0.5
+    min_generative_asr: float = 0.8
     max_asr: float = 0.05
     max_logit_diff: float = 1e-3
     gate: str = "before"
@@ -51,7 +52,7 @@ class AuditConfig:
             raise AuditorInputError("--clean-samples must be at least 2")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
-        for name in ("min_accuracy", "max_accuracy_drop", "max_asr"):
+        for name in ("min_accuracy", "max_accuracy_drop", "max_asr", "max_mask_ratio", "min_generative_asr"):
             if not 0 <= getattr(self, name) <= 1:
                 raise AuditorInputError(f"{name} must be in [0, 1]")
 

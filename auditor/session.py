@@ -150,9 +150,16 @@ class AuditSession:
         return self._scans[stage]
 
     def flagged(self, result) -> list[int]:
-        """Classes whose anomaly index exceeds the threshold AND whose mask is at most
-        `max_mask_ratio` of the median mask, most anomalous first. The second condition keeps a
-        tight cluster of similar norms (a small MAD) from flagging an ordinary class."""
+        """The classes a scan result points at, most suspicious first.
+
+        Generative scan: candidates whose sampled triggers reach `min_generative_asr` on held-out
+        samples. Neural Cleanse: anomaly index above the threshold AND a mask at most
+        `max_mask_ratio` of the median (a tight cluster of norms makes the MAD tiny and would
+        otherwise flag an ordinary class)."""
+        distributions = getattr(result, "distributions", None)
+        if distributions is not None:
+            hits = [d for d in distributions if sum(d.sample_asr) / len(d.sample_asr) >= self.config.min_generative_asr]
+            return [d.target for d in sorted(hits, key=lambda d: -sum(d.sample_asr))]
         idx, norms = result.anomaly_index, result.norms
         median = sorted(norms)[len(norms) // 2]
         return sorted((c for c, a in enumerate(idx)
@@ -201,13 +208,16 @@ class AuditSession:
         flagged = self.flagged(result)
         if not flagged:
             return None
-        return self._recovered_trigger(result, flagged[0])
+        return self.recovered_triggers(result, flagged[0])[0]
 
-    @staticmethod
-    def _recovered_trigger(result, cls):
+    def recovered_triggers(self, result, cls) -> list:
+        """The scan's triggers for a class: the sampled distribution (generative) or the NC mask/pattern."""
         from .triggers import Trigger
 
-        return Trigger(result.masks[cls], result.patterns[cls], cls, "recovered")
+        for dist in getattr(result, "distributions", None) or []:
+            if dist.target == cls:
+                return dist.triggers(self.handle.input_shape)
+        return [Trigger(result.masks[cls], result.patterns[cls], cls, "recovered")]
 
     # ---------------------------------------------------------------- defense
     def decide_defense(self, backdoor_failed: bool) -> None:
@@ -245,12 +255,15 @@ class AuditSession:
         entry = DEFENSES.get(cfg.defense)
         before_scan = self._scans.get("before")
         flagged = self.flagged(before_scan) if before_scan is not None else []
-        triggers = [self._recovered_trigger(before_scan, c) for c in flagged]
+        triggers = [t for c in flagged for t in self.recovered_triggers(before_scan, c)]
         if not triggers and self.known_trigger is not None:
             triggers = [self.known_trigger]
         if not triggers:
             raise RuntimeError("a backdoor check failed but no trigger (recovered or known) is available to unlearn")
-        record = DefenseRecord(entry.name, [{"target": t.target_name, "source": t.source, "kind": t.kind} for t in triggers])
+        kinds = {(t.target_name, t.source, t.kind): 0 for t in triggers}
+        for t in triggers:
+            kinds[(t.target_name, t.source, t.kind)] += 1
+        record = DefenseRecord(entry.name, [{"target": k[0], "source": k[1], "kind": k[2], "count": n} for k, n in kinds.items()])
         self.defense = record
         fit = self.split.fit
         self.progress(f"defense {entry.name}: unlearning {len(triggers)} trigger(s) with {len(fit)} clean samples")

@@ -13,6 +13,14 @@ def check_trigger_scan(scan, audit_session, audit_config, record_property):
         worst = flagged[0]
         names = audit_session.handle.info.metadata.get("class_names") or []
         label = f"{worst} ({names[worst]})" if worst < len(names) else str(worst)
+        for dist in getattr(scan, "distributions", None) or []:
+            if dist.target == worst:
+                raise AssertionError(
+                    f"possible backdoor: class {label}: {len(dist.sample_asr)} sampled {dist.size}x{dist.size} triggers "
+                    f"reach {sum(dist.sample_asr) / len(dist.sample_asr):.0%} ASR on held-out samples "
+                    f"(>= {audit_config.min_generative_asr:.0%}; NC anomaly index {scan.anomaly_index[worst]:.2f}); "
+                    f"flagged classes: {flagged}"
+                )
         raise AssertionError(
             f"possible backdoor: class {label} has anomaly index {scan.anomaly_index[worst]:.2f} > "
             f"{audit_config.anomaly_threshold:g} (trigger mask L1 {scan.norms[worst]:.1f} vs median {median:.1f}, "

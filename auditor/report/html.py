@@ -9,7 +9,7 @@ from html import escape
 
 import pytest
 
-from .images import applied_pictures, trigger_pictures
+from .images import applied_pictures, png_base64, trigger_pictures
 
 OUTCOME_WORD = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}
 
@@ -139,13 +139,24 @@ def _scan_section(result: dict) -> str:
         rows.append(f'<tr class="{"flag" if flagged else ""}"><td>{_class_label(result, c)}</td><td>{norm:.1f}</td>'
                     f"<td>{index:.2f} {bar}</td><td>{_pct(asr)}</td><td>{'FLAGGED' if flagged else ''}</td>{after_cells}</tr>")
     after_head = "<th>after: mask L1</th><th>after: anomaly index</th>" if after else ""
+    generative = ""
+    if scan.get("generative"):
+        rows_g = "".join(
+            f"<tr class='{'flag' if g['target'] in scan['flagged_classes'] else ''}'><td>{_class_label(result, g['target'])}</td>"
+            f"<td>{g['patch_size']}×{g['patch_size']} at ({g['top']}, {g['left']})</td><td>{_pct(g['sample_asr_mean'])}</td>"
+            f"<td>{_pct(g['sample_asr_min'])} – {_pct(g['sample_asr_max'])}</td><td>{g['diversity']:.3f}</td>"
+            f"<td>{'FLAGGED' if g['target'] in scan['flagged_classes'] else ''}</td></tr>" for g in scan["generative"])
+        generative = ("<p>Generative recovery learned a distribution of patch triggers for the top-ranked classes; a class is "
+                      f"flagged when its sampled triggers reach {result['config']['min_generative_asr']:.0%} ASR on held-out samples.</p>"
+                      '<table class="grid"><tr><th>Candidate class</th><th>Patch</th><th>Mean ASR of samples</th>'
+                      f"<th>Range</th><th>Diversity</th><th></th></tr>{rows_g}</table>")
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
             f"smaller mask than the others: anomaly index = (median − L1) / (1.4826 · MAD); flagged above {threshold:g} "
             f"when the mask is also at most {result['config']['max_mask_ratio']:g} × the median mask. "
             f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
             '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'
-            f"<th></th>{after_head}</tr>{''.join(rows)}</table>")
+            f"<th></th>{after_head}</tr>{''.join(rows)}</table>{generative}")
 
 
 def _figure(label: str, b64: str) -> str:
@@ -166,6 +177,14 @@ def _pictures(session, result: dict) -> str:
                      + (" (flagged)" if c in flagged else " (most anomalous class, not flagged)"))
             pics = trigger_pictures(scan.masks[c], scan.patterns[c], example)
             blocks.append(f"<h4>{title}</h4><div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
+    for dist in getattr(scan, "distributions", None) or []:
+        figs = "".join(_figure(f"ASR {asr:.0%}", png_base64(patch, max(4, 48 // dist.size)))
+                       for patch, asr in zip(dist.patches, dist.sample_asr))
+        stamped = dist.triggers(session.handle.input_shape, 1)[0].apply(example.unsqueeze(0))[0]
+        figs += _figure("stamped example", png_base64(stamped, max(1, 112 // max(example.shape[-2:]))))
+        blocks.append(f"<h4>Sampled triggers for candidate class {_class_label(result, dist.target)}: "
+                      f"{dist.size}×{dist.size} patch at ({dist.top}, {dist.left}), diversity {dist.diversity:.3f}</h4>"
+                      f"<div class='pics'>{figs}</div>")
     if session.known_trigger is not None:
         t = session.known_trigger
         pics = applied_pictures(t, example)

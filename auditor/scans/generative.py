@@ -1,0 +1,229 @@
+"""Generative trigger recovery (MESA, Qiao et al. 2019, as used by BAERASE): for each candidate
+class, learn a DISTRIBUTION of small patch triggers instead of one.
+
+A generator G maps z ~ N(0, I) to a C x s x s patch in [0, 1]; the patch plus N(0, noise^2) is pasted
+into clean images and G is trained to make the model answer the candidate class t:
+    L_G = -mean(min(softmax(f(x (+) (G(z) + eps)))_t, beta)) - alpha * MI(z; G(z))
+MI is estimated by a MINE statistics network T(z, patch): E[T(z, G(z))] - log E[exp(T(z', G(z)))]
+with shuffled z'; maximising it keeps the distribution from collapsing to one trigger. T and G
+are updated alternately. MESA assumes the target class and the patch size are known; an intake
+tool knows neither, so a Neural Cleanse pass ranks the candidate classes first and each candidate's
+NC mask gives the patch size and where to paste it (with jitter).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..metrics import attack_success_rate
+from ..registry import SCANS
+from ..triggers import Trigger
+from .neural_cleanse import NeuralCleanseParams, NeuralCleanseResult, _freeze, _restore, neural_cleanse
+
+
+@dataclass(frozen=True)
+class GenerativeParams:
+    candidates: int = 2
+    z_dim: int = 64
+    hidden: int = 128
+    steps: int = 250
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta: float = 0.9
+    alpha: float = 0.1
+    noise_std: float = 0.1
+    jitter: int = 1
+    min_patch: int = 3
+    max_patch_fraction: float = 0.3
+    samples: int = 16
+    asr_eval_samples: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.candidates < 1 or self.steps < 1 or self.batch_size < 2 or self.samples < 1:
+            raise ValueError("generative: candidates, steps, samples >= 1 and batch_size >= 2")
+
+
+class PatchGenerator(nn.Module):
+    def __init__(self, z_dim: int, hidden: int, channels: int, size: int):
+        super().__init__()
+        self.shape = (channels, size, size)
+        self.net = nn.Sequential(
+            nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, channels * size * size),
+        )
+
+    def forward(self, z):
+        return torch.sigmoid(self.net(z)).view(len(z), *self.shape)
+
+
+class Mine(nn.Module):
+    def __init__(self, z_dim: int, patch_numel: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(z_dim + patch_numel, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                                 nn.Linear(hidden, 1))
+
+    def mi(self, z, patch):
+        joint = self.net(torch.cat([z, patch.flatten(1)], 1))
+        shuffled = z[torch.randperm(len(z), device=z.device)]
+        marginal = self.net(torch.cat([shuffled, patch.flatten(1)], 1))
+        return joint.mean() - (torch.logsumexp(marginal, 0) - math.log(len(z))).squeeze()
+
+
+@dataclass
+class CandidateDistribution:
+    target: int
+    size: int
+    top: int
+    left: int
+    patches: torch.Tensor  # samples x C x s x s
+    sample_asr: list[float]
+    diversity: float  # mean pairwise L2 distance between sampled patches, per pixel
+    generator: PatchGenerator
+    seconds: float
+
+    def triggers(self, image_shape, count: int | None = None) -> list[Trigger]:
+        """Sampled patches as mask/pattern triggers at the recovered location."""
+        c, h, w = image_shape
+        out = []
+        for patch in self.patches[:count]:
+            mask = torch.zeros(1, h, w)
+            pattern = torch.zeros(c, h, w)
+            mask[:, self.top : self.top + self.size, self.left : self.left + self.size] = 1
+            pattern[:, self.top : self.top + self.size, self.left : self.left + self.size] = patch
+            out.append(Trigger(mask, pattern, self.target, "recovered", kind="generative"))
+        return out
+
+    def summary(self) -> dict:
+        asr = torch.tensor(self.sample_asr)
+        return {"target": self.target, "patch_size": self.size, "top": self.top, "left": self.left,
+                "sample_asr_mean": round(asr.mean().item(), 4), "sample_asr_min": round(asr.min().item(), 4),
+                "sample_asr_max": round(asr.max().item(), 4), "diversity": round(self.diversity, 4),
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class GenerativeResult(NeuralCleanseResult):
+    """The NC ranking pass plus a trigger distribution for each candidate class."""
+
+    distributions: list[CandidateDistribution] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        out = super().summary()
+        out["generative"] = [d.summary() for d in self.distributions]
+        return out
+
+
+def patch_box(mask: torch.Tensor, params: GenerativeParams) -> tuple[int, int, int]:
+    """Patch size and top-left corner from an NC mask: its bounding box above half its peak."""
+    m = mask[0]
+    h, w = m.shape
+    hot = (m >= 0.5 * m.max()).nonzero()
+    if len(hot) == 0:
+        hot = torch.tensor([[h // 2, w // 2]])
+    (y0, x0), (y1, x1) = hot.min(0).values.tolist(), hot.max(0).values.tolist()
+    limit = max(params.min_patch, int(params.max_patch_fraction * min(h, w)))
+    size = min(limit, max(params.min_patch, y1 - y0 + 1, x1 - x0 + 1))
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    top = min(max(0, cy - size // 2), h - size)
+    left = min(max(0, cx - size // 2), w - size)
+    return size, top, left
+
+
+def _paste(x, patches, top, left, jitter, gen, device):
+    n, _, h, w = x.shape
+    s = patches.shape[-1]
+    out = x.clone()
+    dy = torch.randint(-jitter, jitter + 1, (1,), generator=gen).item() if jitter else 0
+    dx = torch.randint(-jitter, jitter + 1, (1,), generator=gen).item() if jitter else 0
+    t, l = min(max(0, top + dy), h - s), min(max(0, left + dx), w - s)
+    out[:, :, t : t + s, l : l + s] = patches
+    return out
+
+
+def learn_distribution(handle, fit_x, eval_x, eval_y, target: int, mask: torch.Tensor, params: GenerativeParams,
+                       progress=None) -> CandidateDistribution:
+    start = time.perf_counter()
+    device = handle.device
+    c, h, w = handle.input_shape
+    size, top, left = patch_box(mask, params)
+    torch.manual_seed(params.seed + target)
+    gen = torch.Generator().manual_seed(params.seed + 100 + target)
+    g = PatchGenerator(params.z_dim, params.hidden, c, size).to(device)
+    t_net = Mine(params.z_dim, c * size * size, params.hidden).to(device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=params.lr, betas=(0.5, 0.999))
+    opt_t = torch.optim.Adam(t_net.parameters(), lr=params.lr, betas=(0.5, 0.999))
+    x_all = fit_x.to(device)
+    for step in range(params.steps):
+        x = x_all[torch.randint(len(x_all), (params.batch_size,), generator=gen).to(device)]
+        z = torch.randn(params.batch_size, params.z_dim, generator=gen).to(device)
+        patches = g(z)
+        noisy = (patches + params.noise_std * torch.randn(patches.shape, generator=gen).to(device)).clamp(0, 1)
+        probs = F.softmax(handle.forward(_paste(x, noisy, top, left, params.jitter, gen, device)), 1)[:, target]
+        mi = t_net.mi(z, patches)
+        loss_g = -probs.clamp(max=params.beta).mean() - params.alpha * mi
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        mi_t = t_net.mi(z, patches.detach())
+        opt_t.zero_grad(set_to_none=True)
+        (-mi_t).backward()
+        opt_t.step()
+        if progress and (step + 1) % 200 == 0:
+            progress(f"generative recovery, class {target}: step {step + 1}/{params.steps}, "
+                     f"target probability {probs.mean().item():.2f}")
+    g.eval()
+    with torch.no_grad():
+        z = torch.randn(params.samples, params.z_dim, generator=gen).to(device)
+        patches = g(z).cpu()
+    pick = torch.randperm(len(eval_y), generator=gen)[: params.asr_eval_samples]
+    ex, ey = eval_x[pick], eval_y[pick]
+    asr = []
+    for patch in patches:
+        stamped = ex.clone()
+        stamped[:, :, top : top + size, left : left + size] = patch
+        asr.append(attack_success_rate(handle.predict(stamped, backend="torch"), ey, target))
+    flat = patches.flatten(1)
+    diversity = (torch.cdist(flat, flat).sum() / max(1, len(flat) * (len(flat) - 1)) / math.sqrt(flat.shape[1])).item()
+    return CandidateDistribution(target, size, top, left, patches, asr, diversity, g.cpu(), time.perf_counter() - start)
+
+
+def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParams, params: GenerativeParams,
+                    progress=None) -> GenerativeResult:
+    start = time.perf_counter()
+    nc = neural_cleanse(handle, fit_x, eval_x, eval_y, nc_params, progress)
+    ranked = sorted(range(handle.num_classes), key=lambda cls: -nc.anomaly_index[cls])[: params.candidates]
+    flags = _freeze(handle.module)
+    try:
+        dists = []
+        for cls in ranked:
+            if progress:
+                progress(f"generative recovery for candidate class {cls}")
+            dists.append(learn_distribution(handle, fit_x, eval_x, eval_y, cls, nc.masks[cls], params, progress))
+    finally:
+        _restore(handle.module, flags)
+    fields_ = {k: getattr(nc, k) for k in NeuralCleanseResult.__dataclass_fields__}
+    result = GenerativeResult(**fields_, distributions=dists)
+    result.method = "generative"
+    result.extra = {"generative_params": asdict(params)}
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@SCANS.register(
+    "generative",
+    "Neural Cleanse ranking, then a learned distribution of patch triggers (MESA/BAERASE) for the top candidates",
+    params={**{f"nc_{k}": v for k, v in asdict(NeuralCleanseParams()).items() if k != "seed"},
+            **{k: v for k, v in asdict(GenerativeParams()).items() if k != "seed"}},
+)
+def run_generative(handle, split, params: dict, seed: int, progress=None) -> GenerativeResult:
+    nc = {k[3:]: v for k, v in params.items() if k.startswith("nc_")}
+    gp = {k: v for k, v in params.items() if not k.startswith("nc_")}
+    return generative_scan(handle, split.fit.x, split.eval.x, split.eval.y, NeuralCleanseParams(**{**nc, "seed": seed}),
+                           GenerativeParams(**{**gp, "seed": seed}), progress)
