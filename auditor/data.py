@@ -84,6 +84,8 @@ def load_npz(path: Path) -> ImageSet:
         raise
     except Exception as exc:  # numpy raises many types for corrupt or pickled archives
         raise AuditorInputError(f"{path}: cannot read .npz data set: {exc}") from None
+    if x.ndim == 0 or len(x) == 0:
+        raise AuditorInputError(f"{path}: the data set is empty (x has shape {x.shape})")
     if y.ndim != 1 or len(y) != len(x):
         raise AuditorInputError(f"{path}: 'y' must be one label per image ({len(x)} images, y shape {y.shape})")
     if not np.issubdtype(y.dtype, np.integer):
@@ -92,20 +94,24 @@ def load_npz(path: Path) -> ImageSet:
 
 
 def load_image_folder(root: Path) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        files = [(label, sorted(folder.iterdir())) for label, folder in enumerate(classes)]
+    except OSError as exc:  # e.g. a folder without read permission
+        raise AuditorInputError(f"{exc.filename or root}: cannot list the data folder: {exc.strerror or exc}") from None
     if not classes:
         raise AuditorInputError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
     images, labels, size = [], [], None
-    for label, folder in enumerate(classes):
-        for file in sorted(folder.iterdir()):
+    for label, folder_files in files:
+        for file in folder_files:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
                 with Image.open(file) as img:
                     img = img.convert("RGB") if img.mode not in ("L", "RGB") else img.copy()
-            except (OSError, UnidentifiedImageError) as exc:
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # ValueError: corrupt PPM/BMP headers
                 raise AuditorInputError(f"{file}: cannot read image: {exc}") from None
             arr = np.asarray(img)
             if size is None:

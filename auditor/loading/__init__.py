@@ -18,6 +18,7 @@ from ..model import ModelHandle, ModelInfo
 from . import files
 
 DEFAULT_MAX_TENSOR_BYTES = 2 * 2**30
+MAX_METADATA_INPUT = 2**24  # C*H*W a metadata file may ask for (16.7M values, e.g. 3 x 2364 x 2364)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class LoadRequest:
 
 
 def read_metadata(request: LoadRequest) -> tuple[dict, Path | None]:
-    """The sidecar `<stem>.json` (or --metadata) written by the fixture builder or the model's vendor."""
+    """The sidecar `<stem>.json` (or --metadata) written by the fixture builder or the model's vendor.
+
+    It travels with an untrusted model, so the fields used are checked and bounded."""
     path = request.metadata_path or request.path.with_suffix(".json")
     if not path.is_file() or path.resolve() == request.path.resolve():
         if request.metadata_path:
@@ -42,13 +45,29 @@ def read_metadata(request: LoadRequest) -> tuple[dict, Path | None]:
         return {}, None
     try:
         meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON
         raise AuditorInputError(f"{path}: unreadable metadata JSON: {exc}") from None
     if not isinstance(meta, dict) or "auditor_metadata" not in meta:
         if request.metadata_path:
             raise AuditorInputError(f"{path}: not an auditor metadata file (no 'auditor_metadata' key)")
         return {}, None
+    if not _metadata_well_formed(meta):
+        raise AuditorInputError(f"{path}: malformed auditor metadata: 'arch' needs a 'callable' string and a "
+                                f"'kwargs' object; 'input' needs positive integer channels/height/width (C*H*W <= {MAX_METADATA_INPUT:,}) "
+                                "and mean/std lists of numbers")
     return meta, path
+
+
+def _metadata_well_formed(meta: dict) -> bool:
+    arch, inp = meta.get("arch"), meta.get("input", {})
+    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("callable"), str)
+                                 and isinstance(arch.get("kwargs", {}), dict)):
+        return False
+    if not isinstance(inp, dict):
+        return False
+    dims, numbers = [inp.get(k, 1) for k in ("channels", "height", "width")], [inp.get(k, []) for k in ("mean", "std")]
+    return (all(type(d) is int and d > 0 for d in dims) and dims[0] * dims[1] * dims[2] <= MAX_METADATA_INPUT
+            and all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in numbers))
 
 
 def _check_finite(module: torch.nn.Module, path: Path) -> int:
@@ -94,7 +113,7 @@ def load_model(request: LoadRequest) -> ModelHandle:
     size = files.check_readable(path, request.max_file_bytes)
     digest = files.sha256(path)
     fmt = files.sniff_format(path, size)
-    meta, _ = read_metadata(request)
+    meta, meta_path = read_metadata(request)
     ort_runner, opset, onnx_dims, notes = None, None, None, []
 
     if fmt == "onnx":
@@ -127,7 +146,10 @@ def load_model(request: LoadRequest) -> ModelHandle:
                 f"{path}: a state_dict holds weights only; pass --arch (a torchvision name such as resnet18, "
                 "or package.module:callable)"
             )
-        module = build_arch(arch_spec, kwargs, trusted_only)
+        try:
+            module = build_arch(arch_spec, kwargs, trusted_only, request.max_tensor_bytes)
+        except AuditorInputError as exc:  # name the model, and the metadata file the architecture came from
+            raise type(exc)(f"{path}: {exc} (architecture from {meta_path})" if trusted_only else str(exc)) from None
         apply_state_dict(module, state, path, arch_spec)
         arch = arch_spec
 

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import AuditorInputError
+from .pickle_scan import _looks_like_pickle
 
 DEFAULT_MAX_BYTES = 4 * 2**30  # 4 GiB
 
@@ -53,7 +54,7 @@ def safetensors_header(path: Path, size: int) -> dict | None:
         return None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON; absurdly deep nesting
         return None
     return header if isinstance(header, dict) else None
 
@@ -62,11 +63,15 @@ def sniff_format(path: Path, size: int) -> str:
     """One of: torch-zip, torchscript, pickle, safetensors, onnx."""
     with path.open("rb") as fh:
         head = fh.read(8)
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except Exception:  # a malformed end record (e.g. a multi-disk zip64 one) raises instead of saying no
+        is_zip = True  # ZipFile below reports it
+    if is_zip:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
+        except Exception as exc:  # BadZipFile, OSError, undecodable names, unsupported zip versions ...
             raise AuditorInputError(f"{path}: corrupt zip archive: {exc}") from None
         if any("/code/" in n or n.startswith("code/") for n in names) and any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
@@ -79,6 +84,8 @@ def sniff_format(path: Path, size: int) -> str:
         return "safetensors"
     if path.suffix.lower() == ".onnx" or head[:1] in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42"):
         return "onnx"
+    if _looks_like_pickle(head):  # protocol 0/1 pickles have no header; torch.load would unpickle them
+        return "pickle"
     raise AuditorInputError(
         f"{path}: unrecognised model format (expected a PyTorch state_dict, TorchScript, safetensors or ONNX file)"
     )

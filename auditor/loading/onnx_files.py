@@ -32,6 +32,19 @@ def _external_entries(tensor) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
+def text(value) -> str:
+    """protobuf hands back invalid UTF-8 in string fields as bytes."""
+    return value if isinstance(value, str) else value.decode("utf-8", "backslashreplace")
+
+
+def external_target(folder: Path, location) -> Path | None:
+    """The file an external-data location names; None when it is empty, absolute, not text or leaves `folder`."""
+    if not isinstance(location, str) or not location or "\x00" in location or os.path.isabs(location):
+        return None
+    target = (folder / location).resolve()
+    return target if target.is_relative_to(folder) else None
+
+
 def read_and_validate(path: Path, max_tensor_bytes: int):
     """Parse the graph (no external data), check it, then load external data. Returns (model, facts)."""
     import onnx
@@ -42,7 +55,7 @@ def read_and_validate(path: Path, max_tensor_bytes: int):
         raise AuditorInputError(f"{path}: not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     folder = path.resolve().parent
     external = set()
-    for tensor in _all_tensors(model.graph):
+    for tensor in model_tensors(model):
         count = int(np.prod(tensor.dims, dtype=np.float64)) if len(tensor.dims) else 1
         declared = count * DTYPE_BYTES.get(tensor.data_type, 8)
         if declared > max_tensor_bytes:
@@ -52,15 +65,22 @@ def read_and_validate(path: Path, max_tensor_bytes: int):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = _external_entries(tensor)
             location = entries.get("location", "")
-            target = (folder / location).resolve()
-            if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+            target = external_target(folder, location)
+            if target is None:
                 raise UnsafeModelError(
                     f"{path}: tensor {tensor.name!r} reads external data from {location!r}, outside the model's folder"
                 )
-            if not target.is_file():
+            try:
+                target_size = target.stat().st_size if target.is_file() else None
+            except OSError:  # e.g. a name too long for the file system
+                target_size = None
+            if target_size is None:
                 raise AuditorInputError(f"{path}: external data file {location!r} is missing")
-            offset, length = int(entries.get("offset", 0) or 0), int(entries.get("length", 0) or declared)
-            if offset < 0 or offset + length > target.stat().st_size:
+            try:
+                offset, length = int(entries.get("offset", 0) or 0), int(entries.get("length", 0) or declared)
+            except ValueError:
+                raise AuditorInputError(f"{path}: tensor {tensor.name!r} has a malformed external-data offset or length") from None
+            if offset < 0 or length < 0 or offset + length > target_size:
                 raise AuditorInputError(f"{path}: tensor {tensor.name!r} reads past the end of {location!r}")
             external.add(location)
     if not model.graph.input:
@@ -70,8 +90,11 @@ def read_and_validate(path: Path, max_tensor_bytes: int):
     except Exception as exc:
         raise AuditorInputError(f"{path}: fails the ONNX checker: {str(exc).strip().splitlines()[0]}") from None
     if external:
-        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
-    domains = {op.domain for op in model.opset_import} | {n.domain for n in _all_nodes(model.graph)}
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+        except Exception as exc:  # onnx re-validates locations and bounds (ValueError, checker errors)
+            raise AuditorInputError(f"{path}: cannot read external data: {str(exc).strip().splitlines()[0]}") from None
+    domains = {text(op.domain) for op in model.opset_import} | {text(n.domain) for n in model_nodes(model)}
     opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                  for d in model.graph.input[0].type.tensor_type.shape.dim)
@@ -80,13 +103,22 @@ def read_and_validate(path: Path, max_tensor_bytes: int):
     return model, facts
 
 
+def _sparse_parts(sparse_tensors):
+    for sparse in sparse_tensors:
+        yield from (sparse.values, sparse.indices)
+
+
 def _all_tensors(graph):
-    yield from graph.initializer
+    """Dense and sparse initializers, node attribute tensors, subgraphs (a FunctionProto has nodes only)."""
+    yield from getattr(graph, "initializer", ())
+    yield from _sparse_parts(getattr(graph, "sparse_initializer", ()))
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            yield from _sparse_parts([attr.sparse_tensor] if attr.HasField("sparse_tensor") else [])
+            yield from _sparse_parts(attr.sparse_tensors)
             if attr.HasField("g"):
                 yield from _all_tensors(attr.g)
             for sub in attr.graphs:
@@ -101,6 +133,17 @@ def _all_nodes(graph):
                 yield from _all_nodes(attr.g)
             for sub in attr.graphs:
                 yield from _all_nodes(sub)
+
+
+def model_tensors(model):
+    """Every tensor of the main graph and of the model-local functions (which onnx and onnxruntime read too)."""
+    for graph in (model.graph, *model.functions):
+        yield from _all_tensors(graph)
+
+
+def model_nodes(model):
+    for graph in (model.graph, *model.functions):
+        yield from _all_nodes(graph)
 
 
 def ort_providers() -> list[str]:

@@ -319,12 +319,17 @@ def _looks_like_pickle(head: bytes) -> bool:
     return op is not None and op.proto <= 1 and head[:2] != b"PK"
 
 
+def _is_pkl_name(name: str) -> bool:
+    # torch's zip reader (miniz) finds records case-insensitively: "archive/DATA.PKL" is its data.pkl.
+    return name.lower().endswith((".pkl", ".debug_pkl"))
+
+
 def _is_candidate_member(info: zipfile.ZipInfo) -> bool:
     """.pkl at any depth; extensionless files (e.g. "archive/data") at the top folder level."""
     if info.is_dir():
         return False
     parts = info.filename.split("/")
-    return info.filename.endswith((".pkl", ".debug_pkl")) or (len(parts) <= 2 and "." not in parts[-1])
+    return _is_pkl_name(info.filename) or (len(parts) <= 2 and "." not in parts[-1])
 
 
 def scan_file(path, max_member_bytes: int = 2**31) -> PickleScanResult:
@@ -354,7 +359,11 @@ def _scan_open_file(path: str, fh, limit: int) -> PickleScanResult:
     def result(container: str) -> PickleScanResult:
         return PickleScanResult(path, container, tuple(members), tuple(findings), tuple(problems))
 
-    if zipfile.is_zipfile(fh):
+    try:
+        is_zip = zipfile.is_zipfile(fh)
+    except Exception:  # a malformed end record (e.g. a multi-disk zip64 one) raises instead of saying no
+        is_zip = True  # ZipFile below records the problem
+    if is_zip:
         try:
             zf = zipfile.ZipFile(fh)
             infos = zf.infolist()
@@ -365,6 +374,9 @@ def _scan_open_file(path: str, fh, limit: int) -> PickleScanResult:
         torchscript = any(n.startswith("code/") or "/code/" in n or n.rsplit("/", 1)[-1] == "constants.pkl"
                           for n in names)
         for info in infos:
+            if not info.filename or "\x00" in info.orig_filename:  # zipfile cuts names at a NUL, torch does not
+                problems.append(f"zip member name {info.orig_filename!r} is empty or contains a NUL byte")
+                continue
             if not _is_candidate_member(info):
                 continue
             if info.file_size > limit:
@@ -373,7 +385,7 @@ def _scan_open_file(path: str, fh, limit: int) -> PickleScanResult:
             try:
                 with zf.open(info) as member:
                     data = member.read(1)
-                    if data != b"\x80" and not info.filename.endswith((".pkl", ".debug_pkl")):
+                    if data != b"\x80" and not _is_pkl_name(info.filename):
                         continue
                     data += member.read(limit)
             except Exception as exc:  # encrypted, unsupported compression, zlib/CRC errors ...
@@ -382,13 +394,14 @@ def _scan_open_file(path: str, fh, limit: int) -> PickleScanResult:
             walk = _Walk(info.filename, torchscript)
             walk.stream(_Reader(io.BytesIO(data), len(data), limit))
             add(walk)
-        # A polyglot also starts with a pickle that pickle.load (not torch.load) would run.
-        if _looks_like_pickle(head):
+        # A zip that does not start with a local file header has a prefix: torch.load then reads the
+        # file as a legacy pickle and pickle.load runs the prefix (a polyglot). A pickle needs no PROTO
+        # opcode, so any prefix is scanned as one, and one that is not a clean pickle is refused.
+        if head != b"PK":
             fh.seek(0)
             walk = _Walk("<pickle>", torchscript=False)
-            complete = walk.stream(_Reader(fh, size, limit))
-            if head[:1] == b"\x80" or complete or walk.imports:
-                add(walk)
+            walk.stream(_Reader(fh, size, limit))
+            add(walk)
         return result("zip")
 
     if _looks_like_pickle(head):

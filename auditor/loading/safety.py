@@ -7,14 +7,13 @@ native custom ops); problems mean the file could not be read with confidence (al
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AuditorInputError
 from . import files
-from .onnx_files import DTYPE_BYTES, STANDARD_DOMAINS, _all_nodes, _all_tensors
+from .onnx_files import DTYPE_BYTES, STANDARD_DOMAINS, external_target, model_nodes, model_tensors, text
 from .pickle_scan import scan_file
 
 
@@ -72,7 +71,7 @@ def _inspect_safetensors(path: Path, size: int, report: SafetyReport) -> None:
             count = 1
             for d in entry["shape"]:
                 count *= int(d)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: Infinity in the JSON
             report.problems.append(f"header entry {name!r} is malformed")
             continue
         spans.append((start, end, name))
@@ -93,21 +92,24 @@ def _inspect_onnx(path: Path, max_tensor_bytes: int, report: SafetyReport) -> No
         report.problems.append(f"not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         return
     folder = path.resolve().parent
-    for tensor in _all_tensors(model.graph):
+    for tensor in model_tensors(model):
         count = 1
         for d in tensor.dims:
             count *= d
         if count * DTYPE_BYTES.get(tensor.data_type, 8) > max_tensor_bytes:
             report.findings.append(f"tensor {tensor.name!r} declares {count:,} elements, over the size limit")
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-            if not location or os.path.isabs(location) or not (folder / location).resolve().is_relative_to(folder):
+            entries = {e.key: e.value for e in tensor.external_data}
+            location = entries.get("location", "")
+            if external_target(folder, location) is None:
                 report.findings.append(f"tensor {tensor.name!r} reads external data from {location!r}, outside the model's folder")
-    domains = {op.domain for op in model.opset_import} | {n.domain for n in _all_nodes(model.graph)}
+            if not all(entries.get(key, "0").isdigit() for key in ("offset", "length")):
+                report.problems.append(f"tensor {tensor.name!r} has a malformed external-data offset or length")
+    domains = {text(op.domain) for op in model.opset_import} | {text(n.domain) for n in model_nodes(model)}
     custom = sorted(domains - STANDARD_DOMAINS)
     if custom:
         report.findings.append(f"custom op domains {', '.join(custom)}: they need native code from outside the file")
-    ops = sorted({n.op_type for n in _all_nodes(model.graph)})
-    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    ops = sorted({text(n.op_type) for n in model_nodes(model)})
+    opsets = ", ".join(f"{text(o.domain) or 'ai.onnx'} {o.version}" for o in model.opset_import)
     report.info.append(f"opsets: {opsets}")
     report.info.append(f"operators: {', '.join(ops)}")

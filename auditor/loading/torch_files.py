@@ -6,8 +6,10 @@ name the blocking global, then loaded with torch.load(weights_only=True) and no 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -37,7 +39,7 @@ def parse_arch_kwargs(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return out
 
 
-def build_arch(arch: str, kwargs: dict[str, Any], trusted_only: bool) -> nn.Module:
+def build_arch(arch: str, kwargs: dict[str, Any], trusted_only: bool, max_tensor_bytes: int | None = None) -> nn.Module:
     """`arch` is a torchvision model name or `package.module:callable`."""
     if ":" in arch:
         if trusted_only and not arch.startswith(TRUSTED_ARCH_PREFIXES):
@@ -54,17 +56,29 @@ def build_arch(arch: str, kwargs: dict[str, Any], trusted_only: bool) -> nn.Modu
         import torchvision
 
         try:
-            return torchvision.models.get_model(arch, weights=None, **kwargs)
+            factory = functools.partial(torchvision.models.get_model_builder(arch), weights=None)
         except ValueError:
             raise AuditorInputError(
                 f"--arch {arch}: not a torchvision model name nor package.module:callable"
             ) from None
-        except TypeError as exc:
-            raise AuditorInputError(f"--arch {arch}: bad --arch-arg: {exc}") from None
+    if trusted_only and max_tensor_bytes:
+        # Arguments from a metadata file travel with the model: size the model on the meta device
+        # (no memory) before allocating it, so {"width": 10**6} cannot exhaust memory.
+        with torch.device("meta"):
+            biggest = max((t.numel() * t.element_size() for t in _construct(factory, arch, kwargs).state_dict().values()),
+                          default=0)
+        if biggest > max_tensor_bytes:
+            raise UnsafeModelError(f"metadata arguments {kwargs} for {arch} make a tensor of {biggest:,} bytes, "
+                                   f"over the limit of {max_tensor_bytes:,}")
+    return _construct(factory, arch, kwargs)
+
+
+def _construct(factory, arch: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         model = factory(**kwargs)
-    except TypeError as exc:
-        raise AuditorInputError(f"--arch {arch}: bad --arch-arg: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # unknown keyword, bad value, impossible size
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AuditorInputError(f"--arch {arch}: bad --arch-arg: {first}") from None
     if not isinstance(model, nn.Module):
         raise AuditorInputError(f"--arch {arch}: the callable returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -116,7 +130,8 @@ def load_safetensors_file(path: Path, header: dict, size: int) -> dict[str, torc
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    data_bytes = size - 8 - len(json.dumps(header).encode())  # lower bound check, the library re-checks exactly
+    with path.open("rb") as fh:  # the header's real length: re-serialising it is not byte-exact
+        data_bytes = size - 8 - struct.unpack("<Q", fh.read(8))[0]
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -124,7 +139,7 @@ def load_safetensors_file(path: Path, header: dict, size: int) -> dict[str, torc
             start, end = entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise AuditorInputError(f"{path}: safetensors header entry {name!r} has no valid data_offsets") from None
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end) or end > max(data_bytes, 0) + 1024:
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end) or end > data_bytes:
             raise AuditorInputError(f"{path}: safetensors header for {name!r} points past the end of the file")
     try:
         return OrderedDict(load_file(str(path), device="cpu"))
