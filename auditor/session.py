@@ -95,10 +95,10 @@ class AuditSession:
             self.errors["data"] = str(exc)
         if cfg.trigger:
             try:
-                self.known_trigger = load_trigger(cfg.trigger, c, h, w)
-                target = self.known_trigger.target
-                if target is not None and not 0 <= target < self.handle.num_classes:
-                        raise AuditorInputError(f"{cfg.trigger}: target {target} is not a class of the model")
+                trigger = load_trigger(cfg.trigger, c, h, w)
+                if trigger.target is not None and not 0 <= trigger.target < self.handle.num_classes:
+                    raise AuditorInputError(f"{cfg.trigger}: target {trigger.target} is not a class of the model")
+                self.known_trigger = trigger
             except AuditorInputError as exc:
                 self.errors["trigger"] = str(exc)
 

@@ -1,0 +1,373 @@
+"""The `auditor` command end to end: exit codes, JSON/HTML/JUnit reports, repaired files, input errors,
+user checks. The long audits run once per session (conftest) and several tests read their results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from auditor.cli import cli
+
+from conftest import (AUDITOR_BIN, BADNETS_ONNX, BADNETS_PT, BADNETS_TRIGGER, CHEAP_SCAN, CLEAN_PT, TARGET,
+                      file_state, run_auditor)
+
+OUTCOMES = {"passed", "failed", "error", "skipped"}
+BUILTIN_CHECKS = {"check_serialization_safety", "check_finite_logits", "check_class_count", "check_batch_size_invariance",
+                  "check_backend_agreement", "check_clean_accuracy", "check_accuracy_kept", "check_trigger_scan",
+                  "check_known_trigger_asr"}
+
+
+def _checks(data, stage=None, name=None):
+    return [c for c in data["checks"] if (stage is None or c["stage"] == stage) and (name is None or c["name"] == name)]
+
+
+def _one(data, name, stage="before"):
+    found = _checks(data, stage, name)
+    assert len(found) == 1, (name, stage, data["checks"])
+    return found[0]
+
+
+def _repaired_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.repaired.*")) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------- in-process invocation
+def invoke(tmp_path, monkeypatch, *args, quiet=True):
+    """`auditor scan ...` in this process (CliRunner), cwd = tmp_path, every output under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUDITOR_DEBUG", raising=False)
+    full = ["scan", *[str(a) for a in args], "--output-dir", str(tmp_path / "out"), "--html", str(tmp_path / "r.html"),
+            "--json", str(tmp_path / "r.json")]
+    if quiet:
+        full.append("-q")
+    result = CliRunner().invoke(cli, full, catch_exceptions=False)
+    js = tmp_path / "r.json"
+    result.data = json.loads(js.read_text()) if js.is_file() else None
+    result.error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return result
+
+
+def _assert_input_error(result, *needles):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(result.error_lines) == 1, result.stderr
+    line = result.error_lines[0]
+    assert line.startswith("auditor: error: "), line
+    for needle in needles:
+        assert str(needle) in line, (needle, line)
+    return line
+
+
+# ----------------------------------------------------------------------------- help, list
+def test_help_and_cli_import_do_not_need_torch():
+    proc = subprocess.run([str(AUDITOR_BIN), "scan", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--trigger", "--gate", "--checks", "--defense-param", "Exit codes"):
+        assert option in proc.stdout
+    probe = subprocess.run([sys.executable, "-c", "import auditor.cli, sys; assert 'torch' not in sys.modules"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_list_names_scans_defenses_and_checks():
+    from auditor.scans import NeuralCleanseParams
+
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 0, result.output
+    for name in ("neural-cleanse", "nc-unlearn", "finetune", "check_backdoor.py::check_trigger_scan",
+                 "check_serialization.py::check_serialization_safety", f"max_steps={NeuralCleanseParams().max_steps}",
+                 "min_steps="):
+        assert name in result.stdout
+
+
+# ----------------------------------------------------------------------------- clean model
+@pytest.mark.slow
+def test_clean_model_passes(clean_e2e):
+    run = clean_e2e
+    assert run.returncode == 0, run.stderr
+    data = run.data
+    assert data["verdict"] == "pass" and data["exit_code"] == 0
+    assert data["scan"]["flagged_classes"] == []
+    assert data["defense"]["applied"] is False and data["defense"]["outputs"] == {}
+    assert _repaired_files(run.output_dir) == [] and _repaired_files(run.workdir) == []
+    assert not any(c["outcome"] in ("failed", "error") for c in data["checks"])
+    assert {c["name"] for c in _checks(data, "before")} == BUILTIN_CHECKS
+    assert all(c["outcome"] == "skipped" for c in _checks(data, "after"))
+    assert data["metrics"]["before"]["c_acc"] >= 0.8
+    assert data["model"]["format"] == "state_dict" and data["model"]["arch"] == "auditor.zoo:small_cnn"
+    assert run.html_path.is_file() and "PASS" in run.html_path.read_text()
+    assert "verdict: PASS (exit 0)" in run.stdout
+    assert run.error_lines == []
+    assert run.inputs_unchanged
+
+
+# ----------------------------------------------------------------------------- badnets, default budgets
+@pytest.mark.slow
+def test_badnets_exit_and_verdict(badnets_e2e):
+    run = badnets_e2e
+    assert run.returncode == 1, run.stderr
+    assert run.data["verdict"] == "fail" and run.data["exit_code"] == 1 and run.data["errors"] == []
+    assert "verdict: FAIL (exit 1)" in run.stdout
+    assert run.inputs_unchanged
+
+
+@pytest.mark.slow
+def test_badnets_scan_flags_the_target(badnets_e2e):
+    scan = badnets_e2e.data["scan"]
+    assert TARGET in scan["flagged_classes"]
+    assert scan["flagged_classes"][0] == TARGET  # most anomalous first
+    assert _one(badnets_e2e.data, "check_trigger_scan")["outcome"] == "failed"
+    assert _one(badnets_e2e.data, "check_known_trigger_asr")["outcome"] == "failed"
+
+
+@pytest.mark.slow
+def test_badnets_defense_outputs(badnets_e2e):
+    defense = badnets_e2e.data["defense"]
+    assert defense["applied"] is True and defense["name"] == "nc-unlearn"
+    assert defense["outputs"], defense
+    out_dir = badnets_e2e.output_dir.resolve()
+    for kind, path in defense["outputs"].items():
+        path = Path(path).resolve()
+        assert path.is_file(), path
+        assert path.parent == out_dir
+        assert path != BADNETS_PT.resolve()
+        assert path.read_bytes() != BADNETS_PT.read_bytes()
+    assert set(defense["outputs"]) == {"state_dict"}
+    # the written state_dict is a plain weights file that loads back
+    state = torch.load(defense["outputs"]["state_dict"], weights_only=True)
+    assert set(state) == set(torch.load(BADNETS_PT, weights_only=True))
+
+
+@pytest.mark.slow
+def test_badnets_metrics_after_repair(badnets_e2e):
+    m = badnets_e2e.data["metrics"]
+    assert m["before"]["asr"] > 0.9 and m["before"]["asr_trigger"] == "known" and m["before"]["target"] == TARGET
+    assert m["after"]["asr"] <= 0.05
+    assert m["before"]["c_acc"] - m["after"]["c_acc"] <= 0.02
+
+
+@pytest.mark.slow
+def test_badnets_checks_in_both_stages(badnets_e2e):
+    data = badnets_e2e.data
+    assert {c["outcome"] for c in data["checks"]} <= OUTCOMES
+    before, after = _checks(data, "before"), _checks(data, "after")
+    assert {c["name"] for c in before} == {c["name"] for c in after} == BUILTIN_CHECKS
+    assert all(c["outcome"] != "skipped" for c in after if c["name"] in ("check_trigger_scan", "check_known_trigger_asr",
+                                                                         "check_accuracy_kept"))
+    assert _one(data, "check_serialization_safety", "after")["outcome"] == "passed"
+
+
+@pytest.mark.slow
+def test_badnets_junit_xml(badnets_e2e):
+    root = ET.parse(badnets_e2e.junit_path).getroot()
+    cases = root.findall(".//testcase")
+    assert len(cases) == len(badnets_e2e.data["checks"])
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert len(failed) == len(_checks(badnets_e2e.data)) - sum(
+        c["outcome"] != "failed" for c in badnets_e2e.data["checks"])
+    assert any("check_trigger_scan" in c.get("name", "") for c in failed)
+
+
+@pytest.mark.slow
+def test_badnets_html_report(badnets_e2e):
+    html = badnets_e2e.html_path.read_text()
+    assert "FAIL" in html
+    assert "data:image/png;base64," in html
+    assert "badnets_cnn.pt" in html
+
+
+# ----------------------------------------------------------------------------- gate
+GATE_CASES = {
+    # the defense and repair succeed: every after-stage check passes
+    "repaired": ([], 0),
+    # 95% clean accuracy is out of reach for the ~90% fixture, before and after: the after stage fails
+    "unreachable-accuracy": (["--min-accuracy", "0.95", "--no-repair", "--defense-param", "steps=5"], 1),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", GATE_CASES)
+def test_gate_after_follows_the_after_stage(tmp_path, case):
+    extra, expected = GATE_CASES[case]
+    run = run_auditor(tmp_path, BADNETS_PT, "--trigger", str(BADNETS_TRIGGER), "--gate", "after", *CHEAP_SCAN, *extra)
+    data = run.data
+    assert data["gate"] == "after" and data["defense"]["applied"] is True
+    after = _checks(data, "after")
+    assert after and any(c["outcome"] != "skipped" for c in after)
+    assert _one(data, "check_known_trigger_asr")["outcome"] == "failed"  # the delivered model fails
+    all_after_passed = all(c["outcome"] in ("passed", "skipped") for c in after)
+    assert run.returncode == (0 if all_after_passed else 1), (run.returncode, after)
+    assert data["exit_code"] == run.returncode
+    assert data["verdict"] == ("pass" if all_after_passed else "fail")
+    assert run.returncode == expected, after
+
+
+def test_gate_after_without_defense_falls_back_to_before(tmp_path, monkeypatch):
+    result = invoke(tmp_path, monkeypatch, BADNETS_PT, "--trigger", BADNETS_TRIGGER, "--gate", "after", "--defense", "none",
+                    *CHEAP_SCAN)
+    assert result.exit_code == 1, result.output
+    data = result.data
+    assert data["defense"]["applied"] is False and "--defense none" in data["defense"]["reason"]
+    assert all(c["outcome"] == "skipped" for c in _checks(data, "after"))
+
+
+# ----------------------------------------------------------------------------- ONNX end to end
+@pytest.mark.slow
+def test_badnets_onnx_end_to_end(badnets_onnx_e2e):
+    import onnxruntime as ort
+
+    run = badnets_onnx_e2e
+    assert run.returncode == 1, run.stderr
+    data = run.data
+    assert data["verdict"] == "fail" and data["model"]["format"] == "onnx"
+    outputs = data["defense"]["outputs"]
+    assert "onnx" in outputs
+    path = Path(outputs["onnx"])
+    assert path.is_file() and path.resolve().parent == run.output_dir.resolve() and path.suffix == ".onnx"
+    assert path.resolve() != BADNETS_ONNX.resolve()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    out = session.run(None, {inp.name: torch.rand(3, 1, 28, 28).numpy()})[0]
+    assert out.shape == (3, 10)
+    assert _one(data, "check_backend_agreement", "after")["outcome"] == "passed"
+    assert run.inputs_unchanged
+
+
+# ----------------------------------------------------------------------------- input errors -> exit 2
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_pickle(tmp_path, monkeypatch):
+    marker = tmp_path / "MARKER"
+    model = tmp_path / "evil.pt"
+    torch.save({"weight": _Payload(marker)}, model)
+    before = file_state(model)
+    result = invoke(tmp_path, monkeypatch, model)
+    _assert_input_error(result, "evil.pt")
+    assert not marker.exists(), "the audit executed pickle code"
+    assert file_state(model) == before
+    assert (tmp_path / "r.html").is_file()
+    data = result.data
+    assert data["verdict"] == "error" and data["exit_code"] == 2
+    safety = _one(data, "check_serialization_safety")
+    assert safety["outcome"] == "failed" and "system" in safety["message"]
+    assert _repaired_files(tmp_path) == []
+
+
+def test_nonexistent_model(tmp_path, monkeypatch):
+    result = invoke(tmp_path, monkeypatch, tmp_path / "ghost.pt")
+    _assert_input_error(result, "ghost.pt", "no such file")
+
+
+def test_unknown_scan_lists_known(tmp_path, monkeypatch):
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--scan", "abs")
+    _assert_input_error(result, "'abs'", "neural-cleanse")
+    assert not (tmp_path / "r.html").exists()  # a usage error stops before any work
+
+
+def test_unknown_defense_lists_known(tmp_path, monkeypatch):
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--defense", "prune")
+    _assert_input_error(result, "'prune'", "finetune", "nc-unlearn")
+
+
+def test_unknown_defense_param(tmp_path, monkeypatch):
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--defense-param", "stepz=10")
+    _assert_input_error(result, "stepz", "nc-unlearn")
+
+
+def test_unknown_repair_param(tmp_path, monkeypatch):
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--repair-param", "lr_max=1")
+    _assert_input_error(result, "lr_max")
+
+
+def test_data_empty_folder(tmp_path, monkeypatch):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--data", empty, *CHEAP_SCAN)
+    _assert_input_error(result, "nodata")
+    assert result.data["verdict"] == "error"
+
+
+def test_malformed_trigger(tmp_path, monkeypatch):
+    trigger = tmp_path / "broken_trigger.json"
+    trigger.write_text('{"kind": "patch", "target": 7, ')
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--trigger", trigger, *CHEAP_SCAN)
+    _assert_input_error(result, "broken_trigger.json")
+
+
+def test_trigger_target_not_a_class(tmp_path, monkeypatch):
+    spec = json.loads(BADNETS_TRIGGER.read_text())
+    spec["target"] = 12
+    trigger = tmp_path / "far_trigger.json"
+    trigger.write_text(json.dumps(spec))
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--trigger", trigger, *CHEAP_SCAN)
+    _assert_input_error(result, "far_trigger.json", "12")
+
+
+def test_config_file_in_cwd_is_read_and_validated(tmp_path, monkeypatch):
+    (tmp_path / "auditor.toml").write_text("seed = 1\nmystery = 2\n")
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT)
+    _assert_input_error(result, "auditor.toml", "mystery")
+
+
+def test_report_over_an_input_is_refused(tmp_path, monkeypatch):
+    model = tmp_path / "m.pt"
+    model.write_bytes(CLEAN_PT.read_bytes())
+    before = file_state(model)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["scan", str(model), "--metadata", str(CLEAN_PT.with_suffix(".json")),
+                                      "--json", str(model), "--output-dir", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 2
+    assert "m.pt" in result.stderr
+    assert file_state(model) == before
+
+
+# ----------------------------------------------------------------------------- user checks
+def _user_checks(tmp_path, body: str) -> Path:
+    folder = tmp_path / "my_checks"
+    folder.mkdir()
+    (folder / "check_custom.py").write_text(body)
+    return folder
+
+
+def test_user_check_failure_is_exit_1(tmp_path, monkeypatch):
+    checks = _user_checks(tmp_path, 'def check_always_fails():\n    assert False, "custom says no"\n')
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--checks", checks, "--defense", "none", *CHEAP_SCAN)
+    assert result.exit_code == 1, result.output
+    data = result.data
+    custom = _one(data, "check_always_fails")
+    assert custom["outcome"] == "failed" and "custom says no" in custom["message"]
+    # nothing else failed: the exit code is the user check's
+    assert [c["name"] for c in data["checks"] if c["outcome"] in ("failed", "error")] == ["check_always_fails"]
+    assert data["verdict"] == "fail" and data["errors"] == []
+
+
+def test_user_check_crash_is_exit_2(tmp_path, monkeypatch):
+    checks = _user_checks(tmp_path, 'def check_crashes(model):\n    raise RuntimeError("boom in user code")\n')
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--checks", checks, "--defense", "none", *CHEAP_SCAN)
+    assert result.exit_code == 2, result.output
+    crash = _one(result.data, "check_crashes")
+    assert crash["outcome"] == "error" and "RuntimeError" in crash["message"] and "boom in user code" in crash["message"]
+    assert result.data["verdict"] == "error"
+    assert any("boom in user code" in line for line in result.error_lines)
+
+
+def test_user_check_syntax_error_is_exit_2(tmp_path, monkeypatch):
+    checks = _user_checks(tmp_path, "def check_broken(:\n    pass\n")
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--checks", checks, "--defense", "none", *CHEAP_SCAN)
+    assert result.exit_code == 2, result.output
+    assert result.data["verdict"] == "error"
+    assert any("check_custom.py" in e or "cannot collect" in e for e in result.data["errors"]), result.data["errors"]
+    assert result.error_lines
