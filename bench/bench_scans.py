@@ -1,0 +1,104 @@
+"""Benchmark the trigger-recovery scans over the fixture zoo.
+
+    .venv/bin/python bench/bench_scans.py                    # every model, both scans
+    .venv/bin/python bench/bench_scans.py --scans neural-cleanse --models clean_cnn badnets_cnn
+
+For each model and scan (a fresh process each, so wall time and peak RSS are that scan's):
+flagged?, flagged classes vs the true target, top anomaly index, recovered-trigger ASR of the
+flagged class, the generative candidates' sampled-trigger ASR, wall time, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIRS = [ROOT / "fixtures" / "models", ROOT / "fixtures" / "zoo"]
+
+
+def all_models() -> list[Path]:
+    return [p for d in DIRS if d.is_dir() for p in sorted(d.glob("*.pt")) if ".repaired" not in p.name]
+
+
+def run_one(model: str, scan: str) -> dict:
+    """Child process: one scan of one model; prints a JSON line."""
+    from auditor.config import AuditConfig
+    from auditor.registry import SCANS
+    from auditor.session import AuditSession
+    import auditor.scans  # noqa: F401
+
+    session = AuditSession(AuditConfig(model=Path(model), scan=scan), progress=lambda m: None)
+    session.prepare()
+    if session.errors:
+        return {"error": "; ".join(session.errors.values())}
+    result = SCANS.get(scan).factory(session.handle, session.split, {}, 0, None)
+    flagged = session.flagged(result)
+    meta = session.handle.info.metadata
+    out = {"flagged": flagged, "target": (meta.get("trigger") or {}).get("target"),
+           "all_to_all": bool((meta.get("trigger") or {}).get("all_to_all")), "attack": meta.get("attack", "badnets" if meta.get("trigger") else None),
+           "top_index": max(result.anomaly_index), "argmax": max(range(len(result.anomaly_index)), key=lambda c: result.anomaly_index[c]),
+           "rec_asr": result.recovered_asr[flagged[0]] if flagged and result.recovered_asr else None,
+           "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds}
+    return out
+
+
+def measure(model: Path, scan: str) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    try:
+        data = json.loads(out.decode().strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        data = {"error": f"exit status {status}"}
+    data.update(wall=wall, rss_mb=usage.ru_maxrss / 1024)
+    return data
+
+
+def verdict(r: dict) -> str:
+    if "error" in r:
+        return "error"
+    backdoored = r["target"] is not None or r["all_to_all"]
+    if not backdoored:
+        return "false alarm" if r["flagged"] else "ok (clean)"
+    if r["all_to_all"]:
+        return "detected" if r["flagged"] else "not detected"
+    if not r["flagged"]:
+        return "MISSED"
+    return "detected, right target" if r["flagged"][0] == r["target"] else f"flagged {r['flagged'][0]}, target {r['target']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--models", nargs="*", help="model stems (default: every fixture and zoo model)")
+    parser.add_argument("--scans", nargs="*", default=["neural-cleanse", "generative"])
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(*args.child), default=float))
+        return
+    models = [m for m in all_models() if not args.models or m.stem in args.models]
+    print("| model | attack | target | scan | flagged | verdict | top anomaly index (class) | recovered-trigger ASR | generative sampled ASR by class | wall (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model in models:
+        for scan in args.scans:
+            r = measure(model, scan)
+            if "error" in r:
+                print(f"| {model.stem} | | | {scan} | | error: {r['error']} | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                continue
+            gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}%" for g in r["generative"]) or "—"
+            target = "all-to-all" if r["all_to_all"] else ("—" if r["target"] is None else r["target"])
+            rec = "—" if r["rec_asr"] is None else f"{100 * r['rec_asr']:.0f}%"
+            print(f"| {model.stem} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
+                  f"{r['top_index']:.2f} ({r['argmax']}) | {rec} | {gen} | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
