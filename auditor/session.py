@@ -149,6 +149,10 @@ class AuditSession:
             self._scans[stage] = result
         return self._scans[stage]
 
+    def scan_result(self, stage: str):
+        """The stage's scan result if it has run, else None (renderers must not start a scan)."""
+        return self._scans.get(stage)
+
     def flagged(self, result) -> list[int]:
         """The classes a scan result points at, most suspicious first.
 

@@ -10,7 +10,6 @@ import functools
 import importlib
 import json
 import struct
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -175,7 +174,3 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
         raise AuditorInputError(f"{path}: weights do not fit --arch {arch}: " + "; ".join(problems))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
-
-def zip_member_names(path: Path) -> list[str]:
-    with zipfile.ZipFile(path) as zf:
-        return zf.namelist()

@@ -164,7 +164,7 @@ def _figure(label: str, b64: str) -> str:
 
 
 def _pictures(session, result: dict) -> str:
-    scan = session._scans.get("before")
+    scan = session.scan_result("before")
     if session.split is None or session.handle is None:
         return ""
     example = session.split.eval.x[0]

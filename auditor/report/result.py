@@ -91,11 +91,11 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
     if session.split is not None:
         out["data"] = {"source": session.split.fit.source, "fit_samples": len(session.split.fit),
                        "eval_samples": len(session.split.eval)}
-    before_scan = session._scans.get("before")
+    before_scan = session.scan_result("before")
     if before_scan is not None:
         out["scan"] = _scan_dict(session, before_scan)
-        if "after" in session._scans:
-            out["scan"]["after"] = _scan_dict(session, session._scans["after"])
+        if session.scan_result("after") is not None:
+            out["scan"]["after"] = _scan_dict(session, session.scan_result("after"))
     for stage in ("before", "after"):
         if stage in session._metrics:
             try:
