@@ -2,5 +2,5 @@
 input handle's module is never touched (each works on ModelHandle.copy_for_editing())."""
 
 from .base import DefenseOutcome, per_class_fit_accuracy  # noqa: F401
-from . import nc_unlearn, finetune  # noqa: F401  (registers the defenses)
+from . import activation_edit, baerase, finetune, nc_unlearn  # noqa: F401  (registers the defenses)
 from .repair import RepairParams, repair  # noqa: F401
