@@ -22,11 +22,11 @@ class AuditConfig:
     metadata: Path | None = None
     paired_model: Path | None = None
     trigger: Path | None = None
-    clean_samples: int = 500
+    clean_samples: int = 10  # per class: the whole clean-data budget of scan, defense and repair
     seed: int = 0
     scan: str = "neural-cleanse"
     scan_params: dict[str, Any] = field(default_factory=dict)
-    defense: str = "nc-unlearn"
+    defense: str = "activation-edit"
     defense_params: dict[str, Any] = field(default_factory=dict)
     repair: bool = True
     repair_params: dict[str, Any] = field(default_factory=dict)
@@ -48,8 +48,8 @@ class AuditConfig:
     quiet: bool = False
 
     def __post_init__(self):
-        if self.clean_samples < 2:
-            raise AuditorInputError("--clean-samples must be at least 2")
+        if self.clean_samples < 1:
+            raise AuditorInputError("--clean-samples must be at least 1 (per class)")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
         for name in ("min_accuracy", "max_accuracy_drop", "max_asr", "max_mask_ratio", "min_generative_asr"):

@@ -169,12 +169,11 @@ def conform(data: ImageSet, channels: int, height: int, width: int, num_classes:
     return ImageSet(x.contiguous(), data.y, data.source)
 
 
-def split(data: ImageSet, fit_samples: int, seed: int, num_classes: int) -> Split:
-    """Stratified: about fit_samples / num_classes of each class go to fit, everything else to eval."""
+def split(data: ImageSet, per_class: int, seed: int, num_classes: int) -> Split:
+    """Stratified: `per_class` samples of each class (at most half of the class) go to fit, the rest to eval."""
     if len(data) < 2:
         raise AuditorInputError(f"{data.source}: need at least 2 samples, got {len(data)}")
     gen = torch.Generator().manual_seed(seed)
-    per_class = max(1, fit_samples // num_classes)
     fit_idx, eval_idx = [], []
     for c in range(num_classes):
         idx = (data.y == c).nonzero().flatten()

@@ -26,14 +26,14 @@ def all_models() -> list[Path]:
     return [p for d in DIRS if d.is_dir() for p in sorted(d.glob("*.pt")) if ".repaired" not in p.name]
 
 
-def run_one(model: str, scan: str) -> dict:
+def run_one(model: str, scan: str, per_class: str) -> dict:
     """Child process: one scan of one model; prints a JSON line."""
     from auditor.config import AuditConfig
     from auditor.registry import SCANS
     from auditor.session import AuditSession
     import auditor.scans  # noqa: F401
 
-    session = AuditSession(AuditConfig(model=Path(model), scan=scan), progress=lambda m: None)
+    session = AuditSession(AuditConfig(model=Path(model), scan=scan, clean_samples=int(per_class)), progress=lambda m: None)
     session.prepare()
     if session.errors:
         return {"error": "; ".join(session.errors.values())}
@@ -48,9 +48,9 @@ def run_one(model: str, scan: str) -> dict:
     return out
 
 
-def measure(model: Path, scan: str) -> dict:
+def measure(model: Path, scan: str, per_class: int) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -77,9 +77,10 @@ def verdict(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", help="model stems (default: every fixture and zoo model)")
     parser.add_argument("--scans", nargs="*", default=["neural-cleanse", "generative"])
+    parser.add_argument("--clean-samples", type=int, default=10, help="clean samples per class (default: the CLI default, 10)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child), default=float))
@@ -89,7 +90,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model in models:
         for scan in args.scans:
-            r = measure(model, scan)
+            r = measure(model, scan, args.clean_samples)
             if "error" in r:
                 print(f"| {model.stem} | | | {scan} | | error: {r['error']} | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
                 continue

@@ -79,7 +79,15 @@ def fmnist():
 def fmnist_split(fmnist):
     from auditor.data import split
 
-    return split(fmnist, 500, 0, 10)
+    return split(fmnist, 50, 0, 10)
+
+
+@pytest.fixture(scope="session")
+def fmnist_split10(fmnist):
+    """The default budget: 10 clean samples per class."""
+    from auditor.data import split
+
+    return split(fmnist, 10, 0, 10)
 
 
 @pytest.fixture(scope="session")

@@ -241,7 +241,7 @@ def _ids(s: ImageSet) -> set[int]:
 
 def test_split_stratified_disjoint_complete():
     data = _indexed_set(40, 5)
-    sp = split(data, 50, seed=0, num_classes=5)
+    sp = split(data, 10, seed=0, num_classes=5)
     assert torch.bincount(sp.fit.y, minlength=5).tolist() == [10] * 5
     assert torch.bincount(sp.eval.y, minlength=5).tolist() == [30] * 5
     fit, ev = _ids(sp.fit), _ids(sp.eval)
@@ -254,21 +254,21 @@ def test_split_stratified_disjoint_complete():
 
 def test_split_deterministic_per_seed():
     data = _indexed_set(40, 5)
-    a, b = split(data, 50, 3, 5), split(data, 50, 3, 5)
+    a, b = split(data, 10, 3, 5), split(data, 10, 3, 5)
     assert torch.equal(a.fit.x, b.fit.x) and torch.equal(a.eval.x, b.eval.x)
-    c = split(data, 50, 4, 5)
+    c = split(data, 10, 4, 5)
     assert _ids(a.fit) != _ids(c.fit)
 
 
 def test_split_never_takes_more_than_half_a_class():
     data = _indexed_set(4, 3)
-    sp = split(data, 300, 0, 3)
+    sp = split(data, 100, 0, 3)
     assert torch.bincount(sp.fit.y, minlength=3).tolist() == [2, 2, 2]
     assert len(sp.eval) == 6
 
 
 def test_split_bundled_data(fmnist):
-    sp = split(fmnist, 500, 0, 10)
+    sp = split(fmnist, 50, 0, 10)
     assert len(sp.fit) == 500
     assert torch.bincount(sp.fit.y, minlength=10).tolist() == [50] * 10
     assert len(sp.fit) + len(sp.eval) == len(fmnist)

@@ -1,5 +1,5 @@
-"""Defenses (nc-unlearn, finetune) and repair: never touch the input handle, deterministic for a seed,
-and nc-unlearn with the known trigger actually removes the backdoor on held-out samples."""
+"""Defenses (activation-edit, baerase, nc-unlearn, finetune) and repair: never touch the input handle,
+deterministic for a seed, and with the known trigger the backdoor actually goes on held-out samples."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import torch
 
 import auditor.defenses  # noqa: F401  (registers the defenses)
 from auditor.defenses import RepairParams, repair
+from auditor.defenses.activation_edit import ridge_edit
+from auditor.defenses.base import per_class_fit_accuracy
+from auditor.errors import AuditorInputError
 from auditor.metrics import accuracy, attack_success_rate
 from auditor.registry import DEFENSES
 
 from conftest import TARGET
 
 FAST = {"steps": 40, "batch_size": 32}
-FAST_REPAIR = RepairParams(min_steps=10, max_steps=20, batch_size=32, check_every=10)
+FAST_BY_NAME = {"nc-unlearn": FAST, "finetune": FAST, "baerase": {"max_steps": 30, "stop_asr": 0.0}, "activation-edit": {}}
+FAST_REPAIR = RepairParams(min_steps=20, max_steps=60, batch_size=32, check_every=10)
 
 
 def _snapshot(module):
@@ -35,20 +39,27 @@ def _weights_equal(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("name", ["nc-unlearn", "finetune"])
+def _measure(handle, data, trigger):
+    return (accuracy(handle.predict(data.x), data.y),
+            attack_success_rate(handle.predict(trigger.apply(data.x)), data.y, trigger.target))
+
+
+@pytest.mark.parametrize("name", ["nc-unlearn", "finetune", "baerase", "activation-edit"])
 def test_defense_leaves_input_untouched_and_is_deterministic(name, badnets_handle, fmnist_split, known_trigger):
     entry = DEFENSES.get(name)
+    fast = FAST_BY_NAME[name]
     before = _snapshot(badnets_handle.module)
-    a = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(FAST), 0)
+    a = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(fast), 0)
     _assert_same(badnets_handle.module, before)
     assert a.handle is not badnets_handle and a.handle.module is not badnets_handle.module
     assert a.name == name and a.samples_used == len(fmnist_split.fit)
     assert not _weights_equal(a.handle.module, badnets_handle.module), "the defense did not train"
     assert a.handle.info.path == badnets_handle.info.path and a.handle.ort_session is None
-    b = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(FAST), 0)
+    b = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(fast), 0)
     assert _weights_equal(a.handle.module, b.handle.module)
-    c = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(FAST), 1)
-    assert not _weights_equal(a.handle.module, c.handle.module)
+    c = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(fast), 1)
+    # the closed-form edit with one trigger draws nothing at random; the trained defenses do
+    assert _weights_equal(a.handle.module, c.handle.module) == (name == "activation-edit")
     _assert_same(badnets_handle.module, before)
 
 
@@ -70,13 +81,13 @@ def test_bad_defense_params_raise(badnets_handle, fmnist_split):
 
 
 def test_repair_leaves_inputs_untouched_and_is_deterministic(badnets_handle, fmnist_split, known_trigger):
-    edited = DEFENSES.get("nc-unlearn").factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(FAST), 0).handle
+    edited = _hurt_target_class(badnets_handle, TARGET, fmnist_split.fit, known_trigger)
     orig_snap, edited_snap = _snapshot(badnets_handle.module), _snapshot(edited.module)
     r1, stats = repair(badnets_handle, edited, fmnist_split.fit, [known_trigger], [TARGET], FAST_REPAIR, seed=0)
     _assert_same(badnets_handle.module, orig_snap)
     _assert_same(edited.module, edited_snap)
     assert r1.module is not edited.module
-    assert 10 <= stats["steps"] <= 20
+    assert TARGET in stats["fallen_classes"] and 20 <= stats["steps"] <= 60 and stats["kept_step"] > 0
     assert stats["train_samples"] + stats["check_samples"] == len(fmnist_split.fit)
     r2, _ = repair(badnets_handle, edited, fmnist_split.fit, [known_trigger], [TARGET], FAST_REPAIR, seed=0)
     assert _weights_equal(r1.module, r2.module)
@@ -101,3 +112,96 @@ def test_nc_unlearn_with_known_trigger_removes_backdoor(badnets_handle, fmnist_s
     # finetune without the trigger is the baseline: it should not remove the backdoor as well
     baseline = DEFENSES.get("finetune").factory(badnets_handle, fmnist_split.fit, [], {}, 0)
     assert measure(baseline.handle)[1] > asr_after
+
+
+def test_activation_edit_removes_backdoor_from_ten_samples_per_class(badnets_handle, fmnist_split10, known_trigger):
+    """The default defense at the default budget, judged on held-out samples it never saw."""
+    assert len(fmnist_split10.fit) == 100
+    ev = fmnist_split10.eval
+    c_acc_before, asr_before = _measure(badnets_handle, ev, known_trigger)
+    assert asr_before > 0.9
+    out = DEFENSES.get("activation-edit").factory(badnets_handle, fmnist_split10.fit, [known_trigger], {}, 0)
+    c_acc_after, asr_after = _measure(out.handle, ev, known_trigger)
+    assert asr_after < 0.02, f"ASR {asr_before:.2%} -> {asr_after:.2%}"
+    assert c_acc_after > c_acc_before - 0.01
+    assert out.samples_used == 100 and out.stats["layer"] == "classifier.1"
+    assert out.stats["stamped_samples"] == int((fmnist_split10.fit.y != known_trigger.target).sum())
+
+
+def test_activation_edit_on_onnx_graph_module(badnets_onnx_handle, fmnist_split10, known_trigger):
+    before = _snapshot(badnets_onnx_handle.module)
+    out = DEFENSES.get("activation-edit").factory(badnets_onnx_handle, fmnist_split10.fit, [known_trigger], {}, 0)
+    _assert_same(badnets_onnx_handle.module, before)
+    assert "Gemm" in out.stats["layer"]
+    assert _measure(out.handle, fmnist_split10.eval, known_trigger)[1] < 0.02
+
+
+@pytest.mark.parametrize("rule", ["project", "dampen"])
+def test_activation_edit_other_rules_edit_the_layer(rule, badnets_handle, fmnist_split10, known_trigger):
+    out = DEFENSES.get("activation-edit").factory(badnets_handle, fmnist_split10.fit, [known_trigger], {"rule": rule}, 0)
+    assert out.stats["weight_change_relative"] > 0
+    assert not _weights_equal(out.handle.module, badnets_handle.module)
+
+
+def test_activation_edit_refuses_what_it_cannot_edit(badnets_handle, fmnist_split10, known_trigger):
+    with pytest.raises(AuditorInputError, match="out of range"):
+        DEFENSES.get("activation-edit").factory(badnets_handle, fmnist_split10.fit, [known_trigger], {"layer": 5}, 0)
+    conv_only = badnets_handle.derived(torch.nn.Sequential(torch.nn.Conv2d(1, 10, 28), torch.nn.Flatten()))
+    with pytest.raises(AuditorInputError, match="no linear layer"):
+        DEFENSES.get("activation-edit").factory(conv_only, fmnist_split10.fit, [known_trigger], {}, 0)
+    with pytest.raises(ValueError, match="rule"):
+        DEFENSES.get("activation-edit").factory(badnets_handle, fmnist_split10.fit, [known_trigger], {"rule": "nope"}, 0)
+
+
+def test_ridge_edit_solves_the_anchored_least_squares():
+    gen = torch.Generator().manual_seed(0)
+    w, b = torch.randn(3, 5, generator=gen), torch.randn(3, generator=gen)
+    a = torch.randn(40, 5, generator=gen)
+    # targets the layer already produces: the edit is the identity
+    w2, b2 = ridge_edit(w, b, a, a @ w.T + b, ridge=0.1)
+    assert torch.allclose(w2, w, atol=1e-5) and torch.allclose(b2, b, atol=1e-5)
+    # a tiny ridge fits new targets exactly; a huge one keeps the original weights
+    w_new, b_new = torch.randn(3, 5, generator=gen), torch.randn(3, generator=gen)
+    target = a @ w_new.T + b_new
+    w3, b3 = ridge_edit(w, b, a, target, ridge=1e-9)
+    assert torch.allclose(w3, w_new, atol=1e-4) and torch.allclose(b3, b_new, atol=1e-4)
+    w4, _ = ridge_edit(w, b, a, target, ridge=1e6)
+    assert torch.allclose(w4, w, atol=1e-3)
+
+
+def test_baerase_lowers_asr_without_collapse_and_stops_on_asr(badnets_handle, fmnist_split10, known_trigger):
+    ev = fmnist_split10.eval
+    c_acc_before, _ = _measure(badnets_handle, ev, known_trigger)
+    out = DEFENSES.get("baerase").factory(badnets_handle, fmnist_split10.fit, [known_trigger], {"max_steps": 150}, 0)
+    c_acc_after, asr_after = _measure(out.handle, ev, known_trigger)
+    assert asr_after < 0.2
+    assert c_acc_after > c_acc_before - 0.1, "the bounded ascent must not collapse the model"
+    steps, fit_asr = out.stats["steps"], out.stats["fit_trigger_asr"]
+    assert fit_asr[0][1] > 0.9 and fit_asr[-1][1] < 0.01 and steps < 150  # stopped on the ASR, not the budget
+
+
+def _hurt_target_class(handle, target, fit, trigger):
+    """An over-eager unlearning: the backdoor edited out, then the target class's logit pushed down."""
+    module = DEFENSES.get("activation-edit").factory(handle, fit, [trigger], {}, 0).handle.copy_for_editing()
+    with torch.no_grad():
+        module.classifier[3].bias[target] -= 3.0
+    return handle.derived(module)
+
+
+def test_repair_does_nothing_when_no_class_fell(badnets_handle, fmnist_split, known_trigger):
+    r, stats = repair(badnets_handle, badnets_handle, fmnist_split.fit, [known_trigger], [TARGET], FAST_REPAIR, seed=0)
+    assert r is badnets_handle and stats["steps"] == 0 and stats["fallen_classes"] == []
+    assert "nothing to repair" in stats["note"]
+
+
+def test_repair_brings_back_the_target_class(badnets_handle, fmnist_split, known_trigger):
+    edited = _hurt_target_class(badnets_handle, TARGET, fmnist_split.fit, known_trigger)
+    ev = fmnist_split.eval
+    per_class = lambda h: per_class_fit_accuracy(h, ev)[TARGET]  # noqa: E731
+    assert per_class(edited) < per_class(badnets_handle) - 0.15
+    params = RepairParams(min_steps=20, max_steps=100, batch_size=32, check_every=10)
+    repaired, stats = repair(badnets_handle, edited, fmnist_split.fit, [known_trigger], [TARGET], params, seed=0)
+    assert TARGET in stats["fallen_classes"] and stats["kept_step"] > 0
+    assert per_class(repaired) > per_class(badnets_handle) - 0.1, "target class not brought back"
+    # the trigger's label is not taught back: repair trains stamped copies on their true labels
+    assert _measure(repaired, ev, known_trigger)[1] <= _measure(badnets_handle, ev, known_trigger)[1]

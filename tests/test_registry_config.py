@@ -74,7 +74,7 @@ def test_builtin_registries():
     from auditor.registry import DEFENSES, SCANS
 
     assert "neural-cleanse" in SCANS.names()
-    assert {"nc-unlearn", "finetune"} <= set(DEFENSES.names())
+    assert {"activation-edit", "baerase", "nc-unlearn", "finetune"} <= set(DEFENSES.names())
     with pytest.raises(KeyError) as err:
         DEFENSES.get("spectral")
     assert "'spectral'" in err.value.args[0]
@@ -95,8 +95,8 @@ def _cli(**values):
 def test_defaults_when_nothing_given():
     cfg = build_config(_cli(), None)
     assert cfg.model == Path("m.pt")
-    assert cfg.data == "fashion-mnist" and cfg.seed == 0 and cfg.clean_samples == 500
-    assert cfg.scan == "neural-cleanse" and cfg.defense == "nc-unlearn" and cfg.repair is True
+    assert cfg.data == "fashion-mnist" and cfg.seed == 0 and cfg.clean_samples == 10
+    assert cfg.scan == "neural-cleanse" and cfg.defense == "activation-edit" and cfg.repair is True
     assert cfg.gate == "before" and cfg.anomaly_threshold == 2.0 and cfg.max_asr == 0.05
     assert cfg.scan_params == {} and cfg.checks_dirs == ()
 
@@ -104,12 +104,12 @@ def test_defaults_when_nothing_given():
 def test_precedence_defaults_file_cli(tmp_path):
     toml = tmp_path / "auditor.toml"
     toml.write_text(
-        'seed = 5\nclean_samples = 100\nmax_asr = 0.1\ntrigger = "trig.json"\n'
+        'seed = 5\nclean_samples = 20\nmax_asr = 0.1\ntrigger = "trig.json"\n'
         "[scan_params]\nmax_steps = 10\nlr = 0.2\n"
     )
     cfg = build_config(_cli(seed=7, scan_params={"max_steps": 20}), toml)
     assert cfg.seed == 7  # CLI beats file
-    assert cfg.clean_samples == 100 and cfg.max_asr == 0.1  # file beats default
+    assert cfg.clean_samples == 20 and cfg.max_asr == 0.1  # file beats default
     assert cfg.min_accuracy == 0.80  # default kept
     assert cfg.scan_params == {"max_steps": 20, "lr": 0.2}  # merged, CLI key wins
     assert cfg.trigger == (tmp_path / "trig.json").resolve()  # relative to the config file
@@ -150,7 +150,7 @@ def test_bad_gate_rejected(tmp_path):
         build_config(_cli(gate="sideways"), None)
 
 
-@pytest.mark.parametrize("values", [dict(max_asr=1.5), dict(min_accuracy=-0.1), dict(clean_samples=1)])
+@pytest.mark.parametrize("values", [dict(max_asr=1.5), dict(min_accuracy=-0.1), dict(clean_samples=0)])
 def test_bad_values_rejected(values):
     with pytest.raises(AuditorInputError):
         build_config(_cli(**values), None)
