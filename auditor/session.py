@@ -249,7 +249,7 @@ class AuditSession:
         return self._after_handle
 
     def _run_defense(self):
-        from .defenses import RepairParams, repair
+        from .defenses import RepairParams, defense_share, repair
         from .loading import load_model
         from .outputs import write_repaired
         from .registry import DEFENSES
@@ -270,9 +270,13 @@ class AuditSession:
         record = DefenseRecord(entry.name, [{"target": k[0], "source": k[1], "kind": k[2], "count": n} for k, n in kinds.items()])
         self.defense = record
         fit = self.split.fit
-        self.progress(f"defense {entry.name}: unlearning {len(triggers)} trigger(s) with {len(fit)} clean samples")
+        repair_params = RepairParams(**cfg.repair_params)
+        # with repair on, its held-out check share is kept from the defense (see defense_share)
+        defense_fit = defense_share(fit, repair_params, self.handle.num_classes, cfg.seed) if cfg.repair else fit
+        self.progress(f"defense {entry.name}: unlearning {len(triggers)} trigger(s) with {len(defense_fit)} of the "
+                      f"{len(fit)} clean samples" + (" (the rest checks the repair)" if cfg.repair else ""))
         start = time.perf_counter()
-        outcome = entry.factory(self.handle, fit, triggers, cfg.defense_params, cfg.seed, self.progress)
+        outcome = entry.factory(self.handle, defense_fit, triggers, cfg.defense_params, cfg.seed, self.progress)
         edited = outcome.handle
         edit_metrics = self.measure(edited)
         record.per_class_after_edit = edit_metrics["per_class_acc"]
@@ -281,8 +285,7 @@ class AuditSession:
         final = edited
         if cfg.repair:
             targets = [t.target for t in triggers if t.target is not None]
-            final, stats = repair(self.handle, edited, fit, triggers, targets, RepairParams(**cfg.repair_params),
-                                  cfg.seed, self.progress)
+            final, stats = repair(self.handle, edited, fit, triggers, targets, repair_params, cfg.seed, self.progress)
             record.repair = stats
         record.seconds = time.perf_counter() - start
         self.timings["defense"] = record.seconds

@@ -205,3 +205,13 @@ def test_repair_brings_back_the_target_class(badnets_handle, fmnist_split, known
     assert per_class(repaired) > per_class(badnets_handle) - 0.1, "target class not brought back"
     # the trigger's label is not taught back: repair trains stamped copies on their true labels
     assert _measure(repaired, ev, known_trigger)[1] <= _measure(badnets_handle, ev, known_trigger)[1]
+
+
+def test_one_sample_per_class_defends_and_skips_repair(badnets_handle, fmnist, known_trigger):
+    from auditor.data import split
+
+    sp = split(fmnist, 1, 0, 10)
+    out = DEFENSES.get("activation-edit").factory(badnets_handle, sp.fit, [known_trigger], {}, 0)
+    repaired, stats = repair(badnets_handle, out.handle, sp.fit, [known_trigger], [TARGET], FAST_REPAIR, seed=0)
+    assert repaired is out.handle and stats["check_samples"] == 0 and "skipped" in stats["note"]
+    assert _measure(repaired, sp.eval, known_trigger)[1] < 0.5

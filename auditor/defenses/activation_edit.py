@@ -2,6 +2,12 @@
 later linear layer in closed form, guided by that layer's activations on a handful of clean
 samples and on the same samples stamped with the trigger (known, or recovered by the scan).
 
+Layer (`layer`, an index into the linear layers in call order): `auto` edits the FIRST linear
+layer when the trigger is known (it sees the trigger's exact spatial footprint, so the edit is
+surgical) and the LAST one when the triggers were recovered by a scan (recovered triggers only
+approximate the real one; the backdoor features they share show at the last layer's input, and
+an edit there carried over to the real trigger far better: README, "Defenses").
+
 Rules (`rule`):
 - `regress` (default, chosen by measurement, see README): the least-squares edit of the layer
   that maps every stamped sample's activation to the layer's ORIGINAL output on the same sample
@@ -33,13 +39,15 @@ RULES = ("regress", "project", "dampen")
 @dataclass(frozen=True)
 class ActivationEditParams:
     rule: str = "regress"
-    layer: int = 0
+    layer: int | str = "auto"
     ridge: float = 0.01
     directions: int = 1
     alpha: float = 2.0
     copies: int = 2
 
     def __post_init__(self):
+        if not (self.layer == "auto" or isinstance(self.layer, int)):
+            raise ValueError("activation-edit: layer must be 'auto' or an index into the linear layers (0 first, -1 last)")
         if self.rule not in RULES:
             raise ValueError(f"activation-edit: rule must be one of {', '.join(RULES)}")
         if self.ridge <= 0 or self.directions < 1 or self.alpha <= 1 or self.copies < 1:
@@ -86,9 +94,10 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
     names = linear_layers(handle, module)
     if not names:
         raise AuditorInputError("activation-edit: the model has no linear layer to edit; use --defense nc-unlearn or baerase")
-    if not -len(names) <= p.layer < len(names):
-        raise AuditorInputError(f"activation-edit: layer {p.layer} out of range, the model has {len(names)} linear layer(s)")
-    name = names[p.layer]
+    layer_index = p.layer if p.layer != "auto" else (0 if all(t.source == "known" for t in triggers) else -1)
+    if not -len(names) <= layer_index < len(names):
+        raise AuditorInputError(f"activation-edit: layer {layer_index} out of range, the model has {len(names)} linear layer(s)")
+    name = names[layer_index]
     layer = dict(module.named_modules())[name]
     index, stamped = stamped_pairs(fit, triggers, handle.num_classes, p.copies, seed)
     clean_in, clean_out = layer_io(handle, module, name, fit.x)

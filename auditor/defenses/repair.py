@@ -6,7 +6,7 @@ distilling the ORIGINAL model's outputs on clean inputs (its clean behaviour is 
 the backdoor is dormant without the trigger), and on stamped copies too, towards the original's
 output for the same image unstamped, so the backdoor does not return. (Hard true labels on stamped
 copies, our first version, made 2-7 other classes fall within ten steps on 10 samples per class.) Which classes fell is judged on a held-out share of the fit samples
-(accuracy on samples the defense trained on says nothing), by each class's mean probability of the
+(which the defense never saw either: see `defense_share`), by each class's mean probability of the
 true label rather than its accuracy: with 10 samples per class the held-out share is 2 samples a
 class, where accuracy moves in steps of 50 points and misses a class that is merely weakened.
 Fallen classes are weighted up, target classes most, and repair stops once every class is back
@@ -15,7 +15,8 @@ within `tolerance` (after `min_steps`).
 Measured on the zoo with 10 samples per class: fine-tuning every layer on so few samples costs
 accuracy of its own and can let the backdoor back in, so by default (`scope="linear"`) only the
 linear layers train, nothing runs when no class fell, and the checkpoint with the fewest fallen
-classes (then the best held-out accuracy) is kept, never a worse one than the input.
+classes (then the best held-out true-label probability) is kept, never a worse one than the input; training
+stops after `patience` checks without a better checkpoint.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ class RepairParams:
     fallen_weight: float = 3.0
     target_weight: float = 5.0
     scope: str = "linear"
+    patience: int = 5
 
     def __post_init__(self):
         if self.scope not in ("linear", "all"):
             raise ValueError("repair: scope must be 'linear' or 'all'")
         if not 0 <= self.min_steps <= self.max_steps or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise ValueError("repair: need 0 <= min_steps <= max_steps and positive batch_size, lr, temperature")
+        if self.patience < 1:
+            raise ValueError("repair: patience must be at least 1")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError("repair: holdout_fraction must be in (0, 1)")
 
@@ -76,6 +80,12 @@ def per_class_true_probability(handle, data: ImageSet) -> list[float | None]:
     return [true_p[data.y == c].mean().item() if (data.y == c).any() else None for c in range(handle.num_classes)]
 
 
+def defense_share(fit: ImageSet, params: RepairParams, num_classes: int, seed: int) -> ImageSet:
+    """The fit samples a defense may train on when repair follows it: repair's held-out check share
+    is kept from the defense too, or the check would judge the defense on samples it fitted."""
+    return holdout_split(fit, params.holdout_fraction, num_classes, seed)[0]
+
+
 def _fallen(reference, now, tolerance):
     return [b is not None and n is not None and n < b - tolerance for b, n in zip(reference, now)]
 
@@ -97,6 +107,12 @@ def repair(original, edited, fit, triggers, targets, params: RepairParams = Repa
     """Returns (handle, stats). `edited` is not modified; a repaired copy is returned."""
     start = time.perf_counter()
     train, check = holdout_split(fit, params.holdout_fraction, original.num_classes, seed)
+    if len(check) == 0:
+        note = "one clean sample per class leaves none to judge which classes fell: repair skipped"
+        if progress:
+            progress(f"repair: {note}")
+        return edited, {"params": asdict(params), "fallen_classes": [], "train_samples": len(train), "check_samples": 0,
+                        "steps": 0, "still_fallen": [], "kept_step": 0, "seconds": time.perf_counter() - start, "note": note}
     reference = per_class_true_probability(original, check)
 
     fallen, best_score = _check_score(reference, per_class_true_probability(edited, check), params.tolerance)
@@ -148,6 +164,8 @@ def repair(original, edited, fit, triggers, targets, params: RepairParams = Repa
             if score > best_score:
                 best_score, kept_step, best_fallen = score, steps, fallen
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            elif steps - kept_step >= params.patience * params.check_every:
+                break  # no better checkpoint for `patience` checks
             if progress:
                 progress(f"repair: step {steps}/{params.max_steps}, {sum(fallen)} classes below their original held-out true-label probability")
             if steps >= params.min_steps and not any(fallen):

@@ -213,6 +213,27 @@ def _per_class(result: dict) -> str:
             f"<th>After repair</th></tr>{rows}</table>")
 
 
+def _defense_summary(defense: dict) -> str:
+    stats = defense.get("stats") or {}
+    parts = [f"{defense.get('name')} ({defense.get('seconds', 0):.1f}s with repair)",
+             f"{defense.get('samples_used')} clean samples for the defense"]
+    if stats.get("layer"):
+        parts.append(f"edited layer {stats['layer']} ({(stats.get('params') or {}).get('rule')} rule, "
+                     f"{stats.get('stamped_samples')} stamped samples, weights changed {stats.get('weight_change_relative')} relative)")
+    if "steps" in stats:
+        parts.append(f"{stats['steps']} steps")
+    return ", ".join(parts)
+
+
+def _repair_summary(repair: dict | None) -> str:
+    if repair is None:
+        return "off (--no-repair)"
+    fallen = repair.get("fallen_classes") or []
+    text = (f"classes that fell on the held-out fit samples: {fallen or 'none'}; {repair.get('steps', 0)} steps, "
+            f"kept step {repair.get('kept_step', 0)}, still fallen: {repair.get('still_fallen') or 'none'}")
+    return text + (f" ({repair['note']})" if repair.get("note") else "")
+
+
 def _facts(result: dict) -> str:
     model, data = result["model"], result.get("data") or {}
     defense = result.get("defense") or {}
@@ -222,7 +243,8 @@ def _facts(result: dict) -> str:
         ("Input (C, H, W)", model.get("input_shape")), ("Normalisation", f"mean {model.get('mean')}, std {model.get('std')}" if model.get("mean") else None),
         ("Notes", "; ".join(model.get("notes") or []) or None),
         ("Clean data", f"{data.get('source')}: {data.get('fit_samples')} fit / {data.get('eval_samples')} evaluation samples" if data else None),
-        ("Seed", result["seed"]), ("Defense", f"{defense.get('name')} ({defense.get('seconds', 0):.1f}s)" if defense.get("applied") else "not applied"),
+        ("Seed", result["seed"]), ("Defense", _defense_summary(defense) if defense.get("applied") else "not applied"),
+        ("Repair", _repair_summary(defense.get("repair")) if defense.get("applied") else None),
         ("Repaired files", ", ".join((defense.get("outputs") or {}).values()) or None),
         ("Timings", ", ".join(f"{k} {v:.1f}s" for k, v in result["timings"].items())),
     ]
