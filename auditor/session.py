@@ -3,6 +3,7 @@ and cached so every check of a stage shares one pass (no check re-runs inference
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -24,10 +25,18 @@ class StageSkipped(Exception):
 
 def progress_printer(quiet: bool):
     start = time.perf_counter()
+    # pytest captures file descriptor 2 while checks run, and the long steps (scans, defense) run
+    # inside checks: write to a duplicate of the terminal's stderr taken before pytest starts.
+    stream = sys.stderr
+    if not quiet:
+        try:
+            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        except (AttributeError, OSError, ValueError):  # no real descriptor (e.g. click's test runner)
+            pass
 
     def progress(message: str) -> None:
         if not quiet:
-            print(f"[auditor {time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+            print(f"[auditor {time.perf_counter() - start:6.1f}s] {message}", file=stream, flush=True)
 
     return progress
 
@@ -259,9 +268,10 @@ class AuditSession:
         entry = DEFENSES.get(cfg.defense)
         before_scan = self._scans.get("before")
         flagged = self.flagged(before_scan) if before_scan is not None else []
-        triggers = [t for c in flagged for t in self.recovered_triggers(before_scan, c)]
-        if not triggers and self.known_trigger is not None:
-            triggers = [self.known_trigger]
+        # A known trigger is the real thing: unlearn it, plus what the scan found for OTHER classes.
+        known = [self.known_trigger] if self.known_trigger is not None else []
+        known_targets = {t.target for t in known}
+        triggers = known + [t for c in flagged if c not in known_targets for t in self.recovered_triggers(before_scan, c)]
         if not triggers:
             raise RuntimeError("a backdoor check failed but no trigger (recovered or known) is available to unlearn")
         kinds = {(t.target_name, t.source, t.kind): 0 for t in triggers}

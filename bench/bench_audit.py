@@ -45,7 +45,7 @@ def pct(v):
 
 
 def audits() -> None:
-    print("## Full audits (default settings: 500 fit samples, NC + nc-unlearn + repair)\n")
+    print("## Full audits (default settings: 10 clean samples per class, NC + activation-edit + repair)\n")
     print("| model | exit | flagged | top anomaly index | C-ACC before → after (%) | true ASR before → after (%) | scan before (s) | defense (s) | wall (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,12 +91,15 @@ def nc_batched_vs_loop(model: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-audits", action="store_true")
+    parser.add_argument("--skip-nc", action="store_true", help="skip the batched vs per-class NC comparison")
     args = parser.parse_args()
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}\n")
     if not args.skip_audits:
         audits()
+    if args.skip_nc:
+        return
     print("## Neural Cleanse: batched over classes vs one class at a time (same settings, seed, batches)\n")
     print("| model | batched (s) | per-class loop (s) | speed-up | flagged (batched) | flagged (loop) | max mask-norm difference |")
     print("|---|---|---|---|---|---|---|")

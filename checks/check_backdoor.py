@@ -25,7 +25,20 @@ def check_trigger_scan(scan, audit_session, audit_config, record_property):
             f"possible backdoor: class {label} has anomaly index {scan.anomaly_index[worst]:.2f} > "
             f"{audit_config.anomaly_threshold:g} (trigger mask L1 {scan.norms[worst]:.1f} vs median {median:.1f}, "
             f"recovered-trigger ASR {scan.recovered_asr[worst]:.0%}); flagged classes: {flagged}"
+            + _compared_with_delivered(scan, audit_session, worst)
         )
+
+
+def _compared_with_delivered(scan, audit_session, cls: int) -> str:
+    """On the repaired model: what the same class looked like in the delivered one. A class flagged
+    only now, with the mask it had before, was moved over the threshold by the other classes' masks
+    growing (the unlearned target's most of all), not by the defense; the check still fails, since a
+    scan cannot tell a class that is naturally easy to reach from a second backdoor."""
+    before = audit_session.scan_result("before")
+    if before is None or before is scan or cls in audit_session.flagged(before):
+        return ""
+    return (f"; in the delivered model this class's mask was L1 {before.norms[cls]:.1f} (anomaly index "
+            f"{before.anomaly_index[cls]:.2f}, not flagged)")
 
 
 @pytest.mark.backdoor

@@ -130,7 +130,10 @@ def test_badnets_scan_flags_the_target(badnets_e2e):
 @pytest.mark.slow
 def test_badnets_defense_outputs(badnets_e2e):
     defense = badnets_e2e.data["defense"]
-    assert defense["applied"] is True and defense["name"] == "nc-unlearn"
+    assert defense["applied"] is True and defense["name"] == "activation-edit"
+    # the known trigger is the real one: it is what gets unlearned, at the first linear layer
+    assert defense["triggers"] == [{"target": str(TARGET), "source": "known", "kind": "patch", "count": 1}]
+    assert defense["stats"]["layer"] == "classifier.1" and defense["samples_used"] == 80
     assert defense["outputs"], defense
     out_dir = badnets_e2e.output_dir.resolve()
     for kind, path in defense["outputs"].items():
@@ -188,7 +191,7 @@ GATE_CASES = {
     # the defense and repair succeed: every after-stage check passes
     "repaired": ([], 0),
     # 95% clean accuracy is out of reach for the ~90% fixture, before and after: the after stage fails
-    "unreachable-accuracy": (["--min-accuracy", "0.95", "--no-repair", "--defense-param", "steps=5"], 1),
+    "unreachable-accuracy": (["--min-accuracy", "0.95", "--no-repair", "--defense", "nc-unlearn", "--defense-param", "steps=5"], 1),
 }
 
 
@@ -284,7 +287,7 @@ def test_unknown_defense_lists_known(tmp_path, monkeypatch):
 
 def test_unknown_defense_param(tmp_path, monkeypatch):
     result = invoke(tmp_path, monkeypatch, CLEAN_PT, "--defense-param", "stepz=10")
-    _assert_input_error(result, "stepz", "nc-unlearn")
+    _assert_input_error(result, "stepz", "activation-edit")
 
 
 def test_unknown_repair_param(tmp_path, monkeypatch):

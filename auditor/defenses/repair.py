@@ -122,7 +122,7 @@ def repair(original, edited, fit, triggers, targets, params: RepairParams = Repa
         stats.update(steps=0, still_fallen=[], kept_step=0, seconds=time.perf_counter() - start,
                      note="no class fell below its original held-out true-label probability: nothing to repair")
         if progress:
-            progress("repair: no class fell below its original accuracy, nothing to repair")
+            progress("repair: no class fell below its original held-out true-label probability, nothing to repair")
         return edited, stats
 
     module = edited.copy_for_editing()
