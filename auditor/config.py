@@ -33,7 +33,7 @@ class AuditConfig:
     # thresholds: the checks' verdicts, never the scans'
     min_accuracy: float = 0.80
     max_accuracy_drop: float = 0.02
-    anomaly_threshold: float = 2.0
+    anomaly_threshold: float = 2.5  # on the log-norm index; README, "Detection statistic"
     max_mask_ratio: float = 0.5
     min_generative_asr: float = 0.8
     max_asr: float = 0.05

@@ -82,8 +82,9 @@ def nc_batched_vs_loop(model: str) -> None:
         norms.append(neural_cleanse(handle, fit.x, params=params, classes=[c]).norms[0])
     t_loop = time.perf_counter() - start
     loop_index = anomaly_index(torch.tensor(norms)).tolist()
-    flag_b = [c for c, a in enumerate(batched.anomaly_index) if a > 2]
-    flag_l = [c for c, a in enumerate(loop_index) if a > 2]
+    threshold = AuditConfig(model=Path("x")).anomaly_threshold
+    flag_b = [c for c, a in enumerate(batched.anomaly_index) if a > threshold]
+    flag_l = [c for c, a in enumerate(loop_index) if a > threshold]
     print(f"| {model} | {t_batched:.1f} | {t_loop:.1f} | {t_loop / t_batched:.1f}× | {flag_b} | {flag_l} | "
           f"{max(abs(a - b) for a, b in zip(batched.norms, norms)):.2f} |")
 

@@ -10,7 +10,7 @@ import torch
 from auditor.config import AuditConfig, build_config, read_config_file, with_outputs
 from auditor.errors import AuditorInputError
 from auditor.registry import Registry
-from auditor.scans.neural_cleanse import anomaly_index
+from auditor.scans.neural_cleanse import anomaly_index, mad_index
 
 
 # ----------------------------------------------------------------------------- anomaly index
@@ -24,16 +24,29 @@ def test_anomaly_index_flags_one_small_outlier():
 
 
 def test_anomaly_index_value():
-    norms = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     # median 3, |dev| = [2,1,0,1,2] -> MAD 1 -> scaled 1.4826
-    expected = (3.0 - norms) / 1.4826
-    assert torch.allclose(anomaly_index(norms), expected)
+    assert torch.allclose(mad_index(values), (3.0 - values) / 1.4826)
+    # the anomaly index is that statistic on the log norms: scale-free
+    norms = torch.exp(values)
+    assert torch.allclose(anomaly_index(norms), (3.0 - values) / 1.4826, atol=1e-5)
+    assert torch.allclose(anomaly_index(norms * 7.0), anomaly_index(norms), atol=1e-5)
+
+
+def test_anomaly_index_survives_classes_with_huge_masks():
+    """Issue 3's failure mode (a), with the Blended zoo model's measured norms: two classes need very
+    large masks, which inflates the raw-scale MAD until the real target (class 4) scores under 2."""
+    norms = torch.tensor([34.7, 39.1, 50.4, 54.4, 4.4, 162.1, 24.9, 252.3, 15.3, 66.4])
+    assert mad_index(norms)[4] < 2  # Neural Cleanse's statistic misses it
+    idx = anomaly_index(norms)
+    assert int(idx.argmax()) == 4 and idx[4] > 3
+    assert (idx > 2.5).sum() == 1
 
 
 def test_anomaly_index_large_outlier_is_not_flagged():
     norms = torch.tensor([40.0, 42.0, 38.5, 41.0, 39.0, 43.0, 40.5, 400.0, 39.5, 41.5])
     idx = anomaly_index(norms)
-    assert idx[7] < -2  # the big side is negative: NC only flags small masks
+    assert idx[7] < -2  # the big side is negative: only small masks are flagged
     assert not (idx > 2).any()
 
 
@@ -97,7 +110,7 @@ def test_defaults_when_nothing_given():
     assert cfg.model == Path("m.pt")
     assert cfg.data == "fashion-mnist" and cfg.seed == 0 and cfg.clean_samples == 10
     assert cfg.scan == "neural-cleanse" and cfg.defense == "activation-edit" and cfg.repair is True
-    assert cfg.gate == "before" and cfg.anomaly_threshold == 2.0 and cfg.max_asr == 0.05
+    assert cfg.gate == "before" and cfg.anomaly_threshold == 2.5 and cfg.max_asr == 0.05
     assert cfg.scan_params == {} and cfg.checks_dirs == ()
 
 

@@ -152,7 +152,8 @@ def _scan_section(result: dict) -> str:
                       f"<th>Range</th><th>Diversity</th><th></th></tr>{rows_g}</table>")
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
-            f"smaller mask than the others: anomaly index = (median − L1) / (1.4826 · MAD); flagged above {threshold:g} "
+            f"smaller mask than the others: anomaly index = (median − log L1) / (1.4826 · MAD) over the classes' log mask "
+            f"norms (the log scale keeps a few huge masks from hiding a small one); flagged above {threshold:g} "
             f"when the mask is also at most {result['config']['max_mask_ratio']:g} × the median mask. "
             f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
             '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'

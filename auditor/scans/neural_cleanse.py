@@ -48,7 +48,7 @@ class NeuralCleanseResult:
     masks: torch.Tensor  # K x 1 x H x W, best successful mask per class
     patterns: torch.Tensor  # K x C x H x W
     norms: list[float]  # L1 norm of each best mask
-    anomaly_index: list[float]  # (median - norm) / (1.4826 * MAD): positive means smaller than typical
+    anomaly_index: list[float]  # MAD index of the log norms (anomaly_index()): positive means smaller than typical
     converged: list[bool]  # reached the success threshold at least once
     steps: list[int]
     recovered_asr: list[float]  # on held-out samples not of the class, stamped with the class's trigger
@@ -72,11 +72,22 @@ class NeuralCleanseResult:
         }
 
 
+def mad_index(values: torch.Tensor) -> torch.Tensor:
+    """(median - value) / (1.4826 * MAD): positive on the small side."""
+    median = values.median()
+    mad = 1.4826 * (values - median).abs().median()
+    return (median - values) / mad.clamp_min(1e-12)
+
+
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
-    """MAD anomaly index of each norm; positive on the small side (NC flags > 2 there)."""
-    median = norms.median()
-    mad = 1.4826 * (norms - median).abs().median()
-    return (median - norms) / mad.clamp_min(1e-12)
+    """The MAD anomaly index of the LOG mask norms (Neural Cleanse uses the norms themselves).
+
+    Chosen by measurement over the zoo (README, "Detection statistic"): a few classes unlike the
+    others need very large masks (Blended model: 162 and 252 against a median of 42), which on the
+    raw scale inflate the MAD until a clear small outlier (4.4, a tenth of the median) scores 1.3
+    and is missed; on the log scale it scores 3.3. Mask sizes are multiplicative (a mask twice as
+    large is as unusual whatever the median), which is what the log scale measures."""
+    return mad_index(norms.clamp_min(1e-6).log())
 
 
 def _freeze(module):
