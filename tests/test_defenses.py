@@ -215,3 +215,16 @@ def test_one_sample_per_class_defends_and_skips_repair(badnets_handle, fmnist, k
     repaired, stats = repair(badnets_handle, out.handle, sp.fit, [known_trigger], [TARGET], FAST_REPAIR, seed=0)
     assert repaired is out.handle and stats["check_samples"] == 0 and "skipped" in stats["note"]
     assert _measure(repaired, sp.eval, known_trigger)[1] < 0.5
+
+
+def test_activation_edit_auto_layer_follows_the_trigger_source(badnets_handle, fmnist_split10, known_trigger):
+    from dataclasses import replace as dc_replace
+
+    recovered = dc_replace(known_trigger, source="recovered")
+    edit = DEFENSES.get("activation-edit").factory
+    assert edit(badnets_handle, fmnist_split10.fit, [recovered], {}, 0).stats["layer"] == "classifier.3"
+    both = edit(badnets_handle, fmnist_split10.fit, [known_trigger, recovered], {}, 0)
+    assert both.stats["layer"] == "classifier.1, classifier.3" and len(both.stats["edits"]) == 2
+    assert edit(badnets_handle, fmnist_split10.fit, [recovered], {"layer": 0}, 0).stats["layer"] == "classifier.1"
+    with pytest.raises(AuditorInputError, match="no trigger"):
+        edit(badnets_handle, fmnist_split10.fit, [], {}, 0)

@@ -3,10 +3,11 @@ later linear layer in closed form, guided by that layer's activations on a handf
 samples and on the same samples stamped with the trigger (known, or recovered by the scan).
 
 Layer (`layer`, an index into the linear layers in call order): `auto` edits the FIRST linear
-layer when the trigger is known (it sees the trigger's exact spatial footprint, so the edit is
-surgical) and the LAST one when the triggers were recovered by a scan (recovered triggers only
-approximate the real one; the backdoor features they share show at the last layer's input, and
-an edit there carried over to the real trigger far better: README, "Defenses").
+layer for a known trigger (it sees the trigger's exact spatial footprint, so the edit is
+surgical) and the LAST one for triggers recovered by a scan (they only approximate the real
+one; the backdoor features they share show at the last layer's input, and an edit there carried
+over to the real trigger far better: README, "Defenses"); both, in that order, when both kinds
+are given.
 
 Rules (`rule`):
 - `regress` (default, chosen by measurement, see README): the least-squares edit of the layer
@@ -82,22 +83,8 @@ def ridge_edit(weight, bias, inputs, targets, ridge: float):
     return solution[:, :d].float(), solution[:, d].float()
 
 
-@DEFENSES.register(
-    "activation-edit",
-    "Activation-guided editing: closed-form edit of a later linear layer so stamped activations give the clean outputs",
-    params=asdict(ActivationEditParams()),
-)
-def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
-    p = ActivationEditParams(**params)
-    start = time.perf_counter()
-    module = handle.copy_for_editing()
-    names = linear_layers(handle, module)
-    if not names:
-        raise AuditorInputError("activation-edit: the model has no linear layer to edit; use --defense nc-unlearn or baerase")
-    layer_index = p.layer if p.layer != "auto" else (0 if all(t.source == "known" for t in triggers) else -1)
-    if not -len(names) <= layer_index < len(names):
-        raise AuditorInputError(f"activation-edit: layer {layer_index} out of range, the model has {len(names)} linear layer(s)")
-    name = names[layer_index]
+def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, seed: int) -> dict:
+    """Edit `module`'s linear layer `name` in place by rule `p.rule`; returns that edit's stats."""
     layer = dict(module.named_modules())[name]
     index, stamped = stamped_pairs(fit, triggers, handle.num_classes, p.copies, seed)
     clean_in, clean_out = layer_io(handle, module, name, fit.x)
@@ -124,12 +111,44 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
         layer.weight.copy_(new_w.to(layer.weight.device))
         if bias is not None:
             layer.bias.copy_(new_b.to(layer.bias.device))
+    energy = footprint.norm(dim=1).mean().item() / max(clean_in.norm(dim=1).mean().item(), 1e-12)
+    return {"layer": name, "inputs": weight.shape[1], "stamped_samples": len(stamped), "triggers": len(triggers),
+            "footprint_relative_norm": round(energy, 4),
+            "weight_change_relative": float(f"{((new_w - weight).norm() / weight.norm().clamp_min(1e-12)).item():.3g}")}
+
+
+@DEFENSES.register(
+    "activation-edit",
+    "Activation-guided editing: closed-form edit of a later linear layer so stamped activations give the clean outputs",
+    params=asdict(ActivationEditParams()),
+)
+def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
+    p = ActivationEditParams(**params)
+    start = time.perf_counter()
+    module = handle.copy_for_editing()
+    names = linear_layers(handle, module)
+    if not names:
+        raise AuditorInputError("activation-edit: the model has no linear layer to edit; use --defense nc-unlearn or baerase")
+    if not triggers:
+        raise AuditorInputError("activation-edit: no trigger (known or recovered) to unlearn")
+    if p.layer == "auto":
+        known = [t for t in triggers if t.source == "known"]
+        recovered = [t for t in triggers if t.source != "known"]
+        groups = [(i, group) for i, group in ((0, known), (-1, recovered)) if group]
+    else:
+        groups = [(p.layer, triggers)]
+    edits = []
+    for layer_index, group in groups:
+        if not -len(names) <= layer_index < len(names):
+            raise AuditorInputError(f"activation-edit: layer {layer_index} out of range, the model has {len(names)} linear layer(s)")
+        edits.append(_edit_layer(handle, module, names[layer_index], fit, group, p, seed))
+        if progress:
+            e = edits[-1]
+            progress(f"activation-edit: {p.rule} on layer {e['layer']} ({e['inputs']} inputs) from {len(fit)} clean + "
+                     f"{e['stamped_samples']} stamped samples ({len(group)} trigger(s))")
     module.eval()
     edited = handle.derived(module)
-    energy = footprint.norm(dim=1).mean().item() / max(clean_in.norm(dim=1).mean().item(), 1e-12)
-    if progress:
-        progress(f"activation-edit: {p.rule} on layer {name} ({weight.shape[1]} inputs) from {len(fit)} clean + {len(stamped)} stamped samples")
-    stats = {"params": asdict(p), "layer": name, "stamped_samples": len(stamped),
-             "footprint_relative_norm": round(energy, 4), "weight_change_relative": float(
-                 f"{((new_w - weight).norm() / weight.norm().clamp_min(1e-12)).item():.3g}")}
+    stats = {"params": asdict(p), "layer": ", ".join(e["layer"] for e in edits),
+             "stamped_samples": sum(e["stamped_samples"] for e in edits),
+             "weight_change_relative": max(e["weight_change_relative"] for e in edits), "edits": edits}
     return DefenseOutcome(edited, "activation-edit", time.perf_counter() - start, len(fit), stats)
