@@ -12,6 +12,7 @@ class Entry:
     factory: Callable[..., Any]
     summary: str
     params: dict[str, Any] = field(default_factory=dict)
+    params_type: type | None = None  # a dataclass whose constructor validates the parameters
 
 
 class Registry:
@@ -19,11 +20,11 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, summary: str, params: dict[str, Any] | None = None):
+    def register(self, name: str, summary: str, params: dict[str, Any] | None = None, params_type: type | None = None):
         def decorator(factory):
             if name in self._entries:
                 raise ValueError(f"duplicate {self.kind} name {name!r}")
-            self._entries[name] = Entry(name, factory, summary, dict(params or {}))
+            self._entries[name] = Entry(name, factory, summary, dict(params or {}), params_type)
             return factory
 
         return decorator

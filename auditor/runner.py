@@ -104,6 +104,14 @@ def validate_names(config: AuditConfig) -> None:
         if unknown:
             raise AuditorInputError(f"{name}: unknown parameters {', '.join(sorted(unknown))} "
                                     f"(known: {', '.join(registry.get(name).params)})")
+        params_type = registry.get(name).params_type
+        if params_type is not None:
+            try:  # bad values fail now, not minutes later when the defense runs
+                params_type(**params)
+            except (TypeError, ValueError) as exc:
+                message = str(exc)
+                prefixed = message.lower().replace(" ", "-").startswith(name)
+                raise AuditorInputError(message if prefixed else f"{name}: {message}") from None
     from dataclasses import fields
 
     from .defenses import RepairParams
@@ -111,3 +119,7 @@ def validate_names(config: AuditConfig) -> None:
     unknown = set(config.repair_params) - {f.name for f in fields(RepairParams)}
     if unknown:
         raise AuditorInputError(f"repair: unknown parameters {', '.join(sorted(unknown))}")
+    try:
+        RepairParams(**config.repair_params)
+    except (TypeError, ValueError) as exc:
+        raise AuditorInputError(str(exc)) from None

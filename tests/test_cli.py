@@ -377,3 +377,15 @@ def test_user_check_syntax_error_is_exit_2(tmp_path, monkeypatch):
     assert result.data["verdict"] == "error"
     assert any("check_custom.py" in e or "cannot collect" in e for e in result.data["errors"]), result.data["errors"]
     assert result.error_lines
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--defense-param", "rule=nope"], "rule must be one of"),
+    (["--defense", "baerase", "--defense-param", "bound=x"], "bound"),
+    (["--repair-param", "scope=x"], "scope"),
+    (["--scan-param", "max_steps=-1"], "max_steps"),
+])
+def test_bad_parameter_values_fail_before_any_work(tmp_path, monkeypatch, args, needle):
+    """A bad value would otherwise surface only when the defense runs, minutes in (or never)."""
+    result = invoke(tmp_path, monkeypatch, CLEAN_PT, *args)
+    _assert_input_error(result, needle)

@@ -120,7 +120,7 @@ def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, se
 @DEFENSES.register(
     "activation-edit",
     "Activation-guided editing: closed-form edit of a later linear layer so stamped activations give the clean outputs",
-    params=asdict(ActivationEditParams()),
+    params=asdict(ActivationEditParams()), params_type=ActivationEditParams,
 )
 def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = ActivationEditParams(**params)

@@ -40,7 +40,7 @@ class BaeraseParams:
 
     def __post_init__(self):
         if self.clean_loss not in ("distill", "ce") or self.scope not in ("all", "linear") or self.bound not in ("argmax", "chance"):
-            raise ValueError("baerase: clean_loss must be 'distill' or 'ce', scope 'all' or 'linear'")
+            raise ValueError("baerase: clean_loss must be 'distill' or 'ce', scope 'all' or 'linear', bound 'argmax' or 'chance'")
         if self.max_steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.ascent_weight <= 0 or self.check_every < 1:
             raise ValueError("baerase: max_steps, batch_size, lr, ascent_weight and check_every must be positive")
         if not 0 <= self.stop_asr < 1:
@@ -76,7 +76,7 @@ def trigger_asr(handle, fit, triggers, num_classes) -> float:
 @DEFENSES.register(
     "baerase",
     "BAERASE-style unlearning: bounded gradient ascent on sampled triggers plus clean descent, stops on trigger ASR",
-    params=asdict(BaeraseParams()),
+    params=asdict(BaeraseParams()), params_type=BaeraseParams,
 )
 def baerase(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = BaeraseParams(**params)

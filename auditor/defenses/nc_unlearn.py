@@ -48,7 +48,7 @@ def finetune_module(handle, fit, triggers, steps, batch_size, lr, fraction, seed
 @DEFENSES.register(
     "nc-unlearn",
     "Neural Cleanse unlearning: fine-tune on samples stamped with the recovered trigger, true labels kept",
-    params=asdict(NCUnlearnParams()),
+    params=asdict(NCUnlearnParams()), params_type=NCUnlearnParams,
 )
 def nc_unlearn(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = NCUnlearnParams(**params)

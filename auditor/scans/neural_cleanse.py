@@ -219,8 +219,8 @@ def recovered_trigger_asr(handle, result, eval_x, eval_y, limit: int, seed: int)
 
 @SCANS.register(
     "neural-cleanse",
-    "Neural Cleanse trigger reverse-engineering, all classes in one batched graph, MAD anomaly index",
-    params=asdict(NeuralCleanseParams()),
+    "Neural Cleanse trigger reverse-engineering, all classes in one batched graph, MAD anomaly index of the log mask norms",
+    params=asdict(NeuralCleanseParams()), params_type=NeuralCleanseParams,
 )
 def run_neural_cleanse(handle, split, params: dict, seed: int, progress=None) -> NeuralCleanseResult:
     nc_params = NeuralCleanseParams(**{**params, "seed": seed})
