@@ -49,8 +49,8 @@ class RepairParams:
     patience: int = 5
 
     def __post_init__(self):
-        if self.scope not in ("linear", "all"):
-            raise ValueError("repair: scope must be 'linear' or 'all'")
+        if self.scope not in ("linear", "last", "all"):
+            raise ValueError("repair: scope must be 'linear', 'last' or 'all'")
         if not 0 <= self.min_steps <= self.max_steps or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise ValueError("repair: need 0 <= min_steps <= max_steps and positive batch_size, lr, temperature")
         if self.patience < 1:
@@ -93,7 +93,10 @@ def _fallen(reference, now, tolerance):
 def _trainable(module, scope: str):
     if scope == "all":
         return list(module.parameters())
-    params = [p for m in module.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()]
+    linear = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if scope == "last" and linear:
+        linear = linear[-1:]
+    params = [p for m in linear for p in m.parameters()]
     return params or list(module.parameters())
 
 
