@@ -23,13 +23,7 @@ MODELS = ["clean_cnn", "clean_s2", "clean_s3", "badnets_cnn", "badnets5_left_t2"
           "badnets_all2all"]
 CANDIDATES = [("raw", 2.0), ("log", 2.0), ("log", 2.5), ("log", 3.0)]
 
-
-def model_path(stem: str) -> Path:
-    for d in ("models", "zoo"):
-        p = ROOT / "fixtures" / d / f"{stem}.pt"
-        if p.exists():
-            return p
-    raise SystemExit(f"no fixture model {stem}")
+from bench_defenses import model_path  # noqa: E402  (bench/ is on sys.path when a script in it runs)
 
 
 def scan_norms(stems: list[str]) -> dict[str, tuple[list[float], int | str | None]]:
