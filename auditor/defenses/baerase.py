@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..registry import DEFENSES
 from .base import DefenseOutcome, batches
-from .repair import _trainable
+from .repair import trainable_params
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def baerase(handle, fit, triggers, params: dict, seed: int, progress=None) -> De
     start = time.perf_counter()
     k = handle.num_classes
     module = handle.copy_for_editing()
-    trainable = _trainable(module, p.scope)
+    trainable = trainable_params(module, p.scope)
     for q in trainable:
         q.requires_grad_(True)
     edited = handle.derived(module)

@@ -90,7 +90,7 @@ def _fallen(reference, now, tolerance):
     return [b is not None and n is not None and n < b - tolerance for b, n in zip(reference, now)]
 
 
-def _trainable(module, scope: str):
+def trainable_params(module, scope: str):
     if scope == "all":
         return list(module.parameters())
     linear = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
@@ -129,7 +129,7 @@ def repair(original, edited, fit, triggers, targets, params: RepairParams = Repa
         return edited, stats
 
     module = edited.copy_for_editing()
-    trainable = _trainable(module, params.scope)
+    trainable = trainable_params(module, params.scope)
     for p in module.parameters():
         p.requires_grad_(False)
     for p in trainable:
