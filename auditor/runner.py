@@ -108,10 +108,10 @@ def validate_names(config: AuditConfig) -> None:
         if params_type is not None:
             try:  # bad values fail now, not minutes later when the defense runs
                 params_type(**params)
-            except (TypeError, ValueError) as exc:
-                message = str(exc)
-                prefixed = message.lower().replace(" ", "-").startswith(name)
-                raise AuditorInputError(message if prefixed else f"{name}: {message}") from None
+            except ValueError as exc:  # the parameter classes' messages name their scan or defense
+                raise AuditorInputError(str(exc)) from None
+            except TypeError as exc:
+                raise AuditorInputError(f"{name}: {exc}") from None
     from dataclasses import fields
 
     from .defenses import RepairParams

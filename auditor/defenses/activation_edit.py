@@ -31,7 +31,7 @@ import torch
 
 from ..errors import AuditorInputError
 from ..registry import DEFENSES
-from .base import DefenseOutcome
+from .base import DefenseOutcome, stamp_random
 from .layers import layer_io, linear_layers
 
 RULES = ("regress", "project", "dampen")
@@ -61,15 +61,13 @@ def stamped_pairs(fit, triggers, num_classes: int, copies: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     index, stamped = [], []
     for _ in range(copies if len(triggers) > 1 else 1):
-        which = torch.randint(len(triggers), (len(fit),), generator=gen)
-        for i, trig in enumerate(triggers):
-            sel = (which == i) & (trig.target_labels(fit.y, num_classes) != fit.y)
-            if sel.any():
-                index.append(sel.nonzero().flatten())
-                stamped.append(trig.apply(fit.x[sel]))
-    if not index:
+        pixels, _, keep = stamp_random(fit.x, fit.y, triggers, num_classes, gen)
+        index.append(keep.nonzero().flatten())
+        stamped.append(pixels[keep])
+    index = torch.cat(index)
+    if len(index) == 0:
         raise AuditorInputError("activation-edit: every fit sample is already of the trigger's target class")
-    return torch.cat(index), torch.cat(stamped)
+    return index, torch.cat(stamped)
 
 
 def ridge_edit(weight, bias, inputs, targets, ridge: float):

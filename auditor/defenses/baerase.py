@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import DEFENSES
-from .base import DefenseOutcome, batches
+from .base import DefenseOutcome, batches, stamp_random
 from .repair import trainable_params
 
 
@@ -45,19 +45,6 @@ class BaeraseParams:
             raise ValueError("baerase: max_steps, batch_size, lr, ascent_weight and check_every must be positive")
         if not 0 <= self.stop_asr < 1:
             raise ValueError("baerase: stop_asr must be in [0, 1)")
-
-
-def stamp_random(x, y, triggers, num_classes, gen):
-    """Each sample stamped with one randomly chosen trigger; returns (stamped, target labels, keep),
-    keep marking samples whose true label differs from that trigger's target."""
-    which = torch.randint(len(triggers), (len(x),), generator=gen)
-    stamped, targets = x.clone(), y.clone()
-    for i, trig in enumerate(triggers):
-        sel = which == i
-        if sel.any():
-            stamped[sel] = trig.apply(x[sel])
-            targets[sel] = trig.target_labels(y[sel], num_classes)
-    return stamped, targets, targets != y
 
 
 @torch.no_grad()

@@ -45,3 +45,16 @@ def stamp_fraction(x, y, triggers, fraction: float, gen: torch.Generator):
         if sel.any():
             x[sel] = trig.apply(x[sel])
     return x
+
+
+def stamp_random(x, y, triggers, num_classes, gen):
+    """Each sample stamped with one randomly chosen trigger; returns (stamped, target labels, keep),
+    keep marking samples whose true label differs from that trigger's target."""
+    which = torch.randint(len(triggers), (len(x),), generator=gen)
+    stamped, targets = x.clone(), y.clone()
+    for i, trig in enumerate(triggers):
+        sel = which == i
+        if sel.any():
+            stamped[sel] = trig.apply(x[sel])
+            targets[sel] = trig.target_labels(y[sel], num_classes)
+    return stamped, targets, targets != y

@@ -16,7 +16,7 @@ def linear_layers(handle, module: nn.Module) -> list[str]:
              for n, m in module.named_modules() if isinstance(m, nn.Linear)]
     try:
         with torch.no_grad():
-            _forward(handle, module, torch.zeros(1, *handle.input_shape))
+            _with_normalisation(handle, module).forward(torch.zeros(1, *handle.input_shape))
     finally:
         for h in hooks:
             h.remove()
@@ -33,15 +33,16 @@ def layer_io(handle, module: nn.Module, name: str, x: torch.Tensor, batch_size: 
         ins.append(inputs[0].detach().reshape(-1, mod.in_features).float().cpu())
         outs.append(output.detach().reshape(-1, mod.out_features).float().cpu())
 
+    runner = _with_normalisation(handle, module)
     handle_hook = layer.register_forward_hook(hook)
     try:
         for i in range(0, len(x), batch_size):
-            _forward(handle, module, x[i : i + batch_size])
+            runner.forward(x[i : i + batch_size])
     finally:
         handle_hook.remove()
     return torch.cat(ins), torch.cat(outs)
 
 
-def _forward(handle, module, x):
-    """The handle's normalisation in front of `module` (an edited copy, not the handle's own)."""
-    return handle.derived(module).forward(x)
+def _with_normalisation(handle, module):
+    """A handle that puts `handle`'s normalisation in front of `module` (an edited copy, not its own)."""
+    return handle.derived(module)

@@ -72,11 +72,9 @@ def holdout_split(fit: ImageSet, fraction: float, num_classes: int, seed: int) -
     return fit.subset(torch.cat(train_idx)), fit.subset(torch.cat(check_idx))
 
 
-@torch.no_grad()
 def per_class_true_probability(handle, data: ImageSet) -> list[float | None]:
     """Per class: the mean softmax probability the model gives the true label."""
-    probs = torch.cat([handle.forward(data.x[i : i + 512]).softmax(1).cpu() for i in range(0, len(data), 512)])
-    true_p = probs.gather(1, data.y[:, None]).squeeze(1)
+    true_p = handle.logits(data.x, backend="torch").softmax(1).gather(1, data.y[:, None]).squeeze(1)
     return [true_p[data.y == c].mean().item() if (data.y == c).any() else None for c in range(handle.num_classes)]
 
 
