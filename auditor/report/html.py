@@ -218,9 +218,10 @@ def _defense_summary(defense: dict) -> str:
     stats = defense.get("stats") or {}
     parts = [f"{defense.get('name')} ({defense.get('seconds', 0):.1f}s with repair)",
              f"{defense.get('samples_used')} clean samples for the defense"]
-    if stats.get("layer"):
-        parts.append(f"edited layer {stats['layer']} ({(stats.get('params') or {}).get('rule')} rule, "
-                     f"{stats.get('stamped_samples')} stamped samples, weights changed {stats.get('weight_change_relative')} relative)")
+    rule = (stats.get("params") or {}).get("rule")
+    for edit in stats.get("edits") or []:
+        parts.append(f"edited layer {edit['layer']} ({rule} rule, {edit['triggers']} trigger(s), {edit['stamped_samples']} "
+                     f"stamped samples, weights changed by {edit['weight_change_relative']:g} of their norm)")
     if "steps" in stats:
         parts.append(f"{stats['steps']} steps")
     return ", ".join(parts)
