@@ -9,7 +9,7 @@ import torch
 import auditor.defenses  # noqa: F401  (registers the defenses)
 from auditor.defenses import RepairParams, repair
 from auditor.defenses.activation_edit import ridge_edit
-from auditor.defenses.base import per_class_fit_accuracy
+from auditor.defenses.base import augmented_views, per_class_fit_accuracy
 from auditor.errors import AuditorInputError
 from auditor.metrics import accuracy, attack_success_rate
 from auditor.registry import DEFENSES
@@ -58,8 +58,8 @@ def test_defense_leaves_input_untouched_and_is_deterministic(name, badnets_handl
     b = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(fast), 0)
     assert _weights_equal(a.handle.module, b.handle.module)
     c = entry.factory(badnets_handle, fmnist_split.fit, [known_trigger], dict(fast), 1)
-    # the closed-form edit with one trigger draws nothing at random; the trained defenses do
-    assert _weights_equal(a.handle.module, c.handle.module) == (name == "activation-edit")
+    # every defense draws at random (activation-edit: its shifted/mirrored views of the fit samples)
+    assert not _weights_equal(a.handle.module, c.handle.module)
     _assert_same(badnets_handle.module, before)
 
 
@@ -125,7 +125,8 @@ def test_activation_edit_removes_backdoor_from_ten_samples_per_class(badnets_han
     assert asr_after < 0.02, f"ASR {asr_before:.2%} -> {asr_after:.2%}"
     assert c_acc_after > c_acc_before - 0.01
     assert out.samples_used == 100 and out.stats["layer"] == "classifier.1"
-    assert out.stats["stamped_samples"] == int((fmnist_split10.fit.y != known_trigger.target).sum())
+    # every fit sample not of the target class, stamped, and each of its 16 shifted/mirrored views
+    assert out.stats["stamped_samples"] == 17 * int((fmnist_split10.fit.y != known_trigger.target).sum())
 
 
 def test_activation_edit_on_onnx_graph_module(badnets_onnx_handle, fmnist_split10, known_trigger):
@@ -167,6 +168,33 @@ def test_ridge_edit_solves_the_anchored_least_squares():
     assert torch.allclose(w3, w_new, atol=1e-4) and torch.allclose(b3, b_new, atol=1e-4)
     w4, _ = ridge_edit(w, b, a, target, ridge=1e6)
     assert torch.allclose(w4, w, atol=1e-3)
+
+
+def test_ridge_edit_row_form_matches_the_input_form():
+    # fewer rows than inputs is solved in the rows' space: same minimiser as the normal equations
+    gen = torch.Generator().manual_seed(1)
+    w, b = torch.randn(4, 30, generator=gen), torch.randn(4, generator=gen)
+    a, target = torch.randn(12, 30, generator=gen), torch.randn(12, 4, generator=gen)
+    w2, b2 = ridge_edit(w, b, a, target, ridge=0.05)
+    a1 = torch.cat([a, torch.ones(12, 1)], 1).double()
+    w1 = torch.cat([w, b[:, None]], 1).double()
+    mu = 0.05 * float((a.double() ** 2).sum(1).mean())
+    primal = torch.linalg.solve(a1.T @ a1 + mu * torch.eye(31, dtype=torch.float64), a1.T @ target.double() + mu * w1.T).T
+    assert torch.allclose(w2, primal[:, :30].float(), atol=1e-4) and torch.allclose(b2, primal[:, 30].float(), atol=1e-4)
+
+
+def test_augmented_views_are_shifted_or_mirrored_copies():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 28, 28)
+    views = augmented_views(x, 3, gen)
+    assert views.shape == (15, 1, 28, 28) and views.min() >= 0 and views.max() <= 1
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    candidates = [padded[:, :, dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
+    candidates += [c.flip(-1) for c in candidates]
+    for v in range(3):  # row i of each view is image i shifted by up to 2 pixels, maybe mirrored
+        view = views[v * 5 : (v + 1) * 5]
+        assert all(min((view[i] - c[i]).abs().max().item() for c in candidates) == 0 for i in range(5))
+    assert augmented_views(x, 0, gen).shape[0] == 0
 
 
 def test_baerase_lowers_asr_without_collapse_and_stops_on_asr(badnets_handle, fmnist_split10, known_trigger):

@@ -31,7 +31,8 @@ import torch
 
 from ..errors import AuditorInputError
 from ..registry import DEFENSES
-from .base import DefenseOutcome, stamp_random
+from ..data import ImageSet
+from .base import DefenseOutcome, augmented_views, stamp_random
 from .layers import layer_io, linear_layers
 
 RULES = ("regress", "project", "dampen")
@@ -45,14 +46,15 @@ class ActivationEditParams:
     directions: int = 1
     alpha: float = 2.0
     copies: int = 2
+    views: int = 16
 
     def __post_init__(self):
         if not (self.layer == "auto" or isinstance(self.layer, int)):
             raise ValueError("activation-edit: layer must be 'auto' or an index into the linear layers (0 first, -1 last)")
         if self.rule not in RULES:
             raise ValueError(f"activation-edit: rule must be one of {', '.join(RULES)}")
-        if self.ridge <= 0 or self.directions < 1 or self.alpha <= 1 or self.copies < 1:
-            raise ValueError("activation-edit: need ridge > 0, directions >= 1, alpha > 1, copies >= 1")
+        if self.ridge <= 0 or self.directions < 1 or self.alpha <= 1 or self.copies < 1 or self.views < 0:
+            raise ValueError("activation-edit: need ridge > 0, directions >= 1, alpha > 1, copies >= 1, views >= 0")
 
 
 def stamped_pairs(fit, triggers, num_classes: int, copies: int, seed: int):
@@ -71,19 +73,29 @@ def stamped_pairs(fit, triggers, num_classes: int, copies: int, seed: int):
 
 
 def ridge_edit(weight, bias, inputs, targets, ridge: float):
-    """Closed-form argmin |W' A^T + b' - B|^2 + ridge * mean|a|^2 * |[W' b'] - [W b]|^2 (float64)."""
+    """Closed-form argmin |W' A^T + b' - B|^2 + ridge * mean|a|^2 * |[W' b'] - [W b]|^2 (float64).
+
+    Solved for the change D = [W' b'] - [W b]: D^T = (A^T A + mu I)^-1 A^T R = A^T (A A^T + mu I)^-1 R
+    with R = B - A [W b]^T, in whichever form has the smaller matrix to factor (inputs or rows)."""
     n, d = inputs.shape
     a1 = torch.cat([inputs, torch.ones(n, 1)], 1).double()
     w1 = torch.cat([weight, (bias if bias is not None else torch.zeros(weight.shape[0]))[:, None]], 1).double()
     mu = ridge * float((inputs.double() ** 2).sum(1).mean().clamp_min(1e-12))
-    gram = a1.T @ a1 + mu * torch.eye(d + 1, dtype=torch.float64)
-    solution = torch.linalg.solve(gram, a1.T @ targets.double() + mu * w1.T).T
+    residual = targets.double() - a1 @ w1.T
+    if n < d + 1:
+        change = a1.T @ torch.linalg.solve(a1 @ a1.T + mu * torch.eye(n, dtype=torch.float64), residual)
+    else:
+        change = torch.linalg.solve(a1.T @ a1 + mu * torch.eye(d + 1, dtype=torch.float64), a1.T @ residual)
+    solution = w1 + change.T
     return solution[:, :d].float(), solution[:, d].float()
 
 
 def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, seed: int) -> dict:
     """Edit `module`'s linear layer `name` in place by rule `p.rule`; returns that edit's stats."""
     layer = dict(module.named_modules())[name]
+    if p.views:  # shifted / mirrored copies: more points where the clean behaviour is pinned
+        extra = augmented_views(fit.x, p.views, torch.Generator().manual_seed(seed + 11))
+        fit = ImageSet(torch.cat([fit.x, extra]), fit.y.repeat(p.views + 1), fit.source)
     index, stamped = stamped_pairs(fit, triggers, handle.num_classes, p.copies, seed)
     clean_in, clean_out = layer_io(handle, module, name, fit.x)
     stamped_in, _ = layer_io(handle, module, name, stamped)
@@ -110,7 +122,7 @@ def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, se
         if bias is not None:
             layer.bias.copy_(new_b.to(layer.bias.device))
     energy = footprint.norm(dim=1).mean().item() / max(clean_in.norm(dim=1).mean().item(), 1e-12)
-    return {"layer": name, "inputs": weight.shape[1], "stamped_samples": len(stamped), "triggers": len(triggers),
+    return {"layer": name, "inputs": weight.shape[1], "stamped_samples": len(stamped), "triggers": len(triggers), "views": p.views,
             "footprint_relative_norm": round(energy, 4),
             "weight_change_relative": float(f"{((new_w - weight).norm() / weight.norm().clamp_min(1e-12)).item():.3g}")}
 
@@ -142,8 +154,8 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
         edits.append(_edit_layer(handle, module, names[layer_index], fit, group, p, seed))
         if progress:
             e = edits[-1]
-            progress(f"activation-edit: {p.rule} on layer {e['layer']} ({e['inputs']} inputs) from {len(fit)} clean + "
-                     f"{e['stamped_samples']} stamped samples ({len(group)} trigger(s))")
+            progress(f"activation-edit: {p.rule} on layer {e['layer']} ({e['inputs']} inputs) from {len(fit)} clean samples "
+                     f"x {p.views + 1} (shifted/mirrored views) + {e['stamped_samples']} stamped ({len(group)} trigger(s))")
     module.eval()
     edited = handle.derived(module)
     stats = {"params": asdict(p), "layer": ", ".join(e["layer"] for e in edits),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from ..data import ImageSet
 from ..metrics import per_class_accuracy
@@ -58,3 +59,24 @@ def stamp_random(x, y, triggers, num_classes, gen):
             stamped[sel] = trig.apply(x[sel])
             targets[sel] = trig.target_labels(y[sel], num_classes)
     return stamped, targets, targets != y
+
+
+def augmented_views(x, views: int, gen: torch.Generator, max_shift: int | None = None):
+    """`views` random variants of every image (shifted by up to `max_shift` pixels, edges
+    replicated; mirrored left-right with probability 1/2), stacked view by view: row i of view v is
+    a variant of x[i]. Unlabelled extra inputs on which a defense can ask that the ORIGINAL model's
+    clean behaviour be kept."""
+    if views < 1:
+        return x[:0]
+    n, _, h, w = x.shape
+    s = max_shift if max_shift is not None else max(1, min(h, w) // 14)
+    padded = F.pad(x, (s, s, s, s), mode="replicate")
+    out = []
+    for _ in range(views):
+        dy = torch.randint(0, 2 * s + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * s + 1, (n,), generator=gen)
+        mirror = torch.rand(n, generator=gen) < 0.5
+        view = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        view[mirror] = view[mirror].flip(-1)
+        out.append(view)
+    return torch.cat(out)

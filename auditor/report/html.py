@@ -221,7 +221,7 @@ def _defense_summary(defense: dict) -> str:
     rule = (stats.get("params") or {}).get("rule")
     for edit in stats.get("edits") or []:
         parts.append(f"edited layer {edit['layer']} ({rule} rule, {edit['triggers']} trigger(s), {edit['stamped_samples']} "
-                     f"stamped samples, weights changed by {edit['weight_change_relative']:g} of their norm)")
+                     f"stamped inputs{' incl. shifted/mirrored views' if edit.get('views') else ''}, weights changed by {edit['weight_change_relative']:g} of their norm)")
     if "steps" in stats:
         parts.append(f"{stats['steps']} steps")
     return ", ".join(parts)
