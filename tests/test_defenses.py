@@ -253,6 +253,11 @@ def test_activation_edit_auto_layer_follows_the_trigger_source(badnets_handle, f
     assert edit(badnets_handle, fmnist_split10.fit, [recovered], {}, 0).stats["layer"] == "classifier.3"
     both = edit(badnets_handle, fmnist_split10.fit, [known_trigger, recovered], {}, 0)
     assert both.stats["layer"] == "classifier.1, classifier.3" and len(both.stats["edits"]) == 2
+    # views=auto: shifted/mirrored copies for the known trigger's edit only
+    assert [e["views"] for e in both.stats["edits"]] == [16, 0]
+    assert edit(badnets_handle, fmnist_split10.fit, [recovered], {"views": 2}, 0).stats["edits"][0]["views"] == 2
+    with pytest.raises(ValueError, match="views"):
+        edit(badnets_handle, fmnist_split10.fit, [recovered], {"views": -1}, 0)
     assert edit(badnets_handle, fmnist_split10.fit, [recovered], {"layer": 0}, 0).stats["layer"] == "classifier.1"
     with pytest.raises(AuditorInputError, match="no trigger"):
         edit(badnets_handle, fmnist_split10.fit, [], {}, 0)
