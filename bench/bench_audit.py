@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_audit.py            # prints markdown tables
     .venv/bin/python bench/bench_audit.py --skip-audits
+    .venv/bin/python bench/bench_audit.py --resnet   # only the zoo's ResNet-18 pair (build it first:
+                                                     # fixtures/build_zoo.py --only resnet18_clean resnet18_badnets ...)
 
 Each audit runs as its own `auditor scan` process (wall time and peak RSS from wait4). The NC
 comparison runs both variants in this process with identical settings, seed and batches, and
@@ -21,22 +23,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "fixtures" / "models"
+ZOO = ROOT / "fixtures" / "zoo"
 AUDITOR = str(Path(sys.executable).parent / "auditor")
+# (model file, its true trigger or None for a clean model)
 CASES = [
-    ("badnets_cnn.pt", True), ("badnets_cnn.onnx", True), ("clean_cnn.pt", False), ("clean_cnn.onnx", False),
+    (MODELS / "badnets_cnn.pt", MODELS / "badnets_cnn.trigger.json"), (MODELS / "badnets_cnn.onnx", MODELS / "badnets_cnn.trigger.json"),
+    (MODELS / "clean_cnn.pt", None), (MODELS / "clean_cnn.onnx", None),
 ]
+RESNET_CASES = [(ZOO / "resnet18_badnets.pt", ZOO / "resnet18_badnets.trigger.json"), (ZOO / "resnet18_clean.pt", None)]
 
 
-def run_audit(model: str, backdoored: bool, out: Path) -> dict:
-    args = [AUDITOR, "scan", str(MODELS / model), "-q", "--output-dir", str(out), "--json", str(out / f"{model}.json"),
-            "--html", str(out / f"{model}.html")]
-    if backdoored:
-        args += ["--trigger", str(MODELS / "badnets_cnn.trigger.json")]
+def run_audit(model: Path, trigger: Path | None, out: Path) -> dict:
+    args = [AUDITOR, "scan", str(model), "-q", "--output-dir", str(out), "--json", str(out / f"{model.name}.json"),
+            "--html", str(out / f"{model.name}.html")]
+    if trigger:
+        args += ["--trigger", str(trigger)]
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    result = json.loads((out / f"{model}.json").read_text())
+    result = json.loads((out / f"{model.name}.json").read_text())
     return {"result": result, "exit": os.waitstatus_to_exitcode(status), "wall": wall, "rss_mb": usage.ru_maxrss / 1024}
 
 
@@ -44,32 +50,32 @@ def pct(v):
     return "—" if v is None else f"{100 * v:.2f}"
 
 
-def audits() -> None:
+def audits(cases) -> None:
     print("## Full audits (default settings: 10 clean samples per class, NC + activation-edit + repair)\n")
     print("| model | exit | flagged | top anomaly index | C-ACC before → after (%) | true ASR before → after (%) | scan before (s) | defense (s) | wall (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for model, backdoored in CASES:
-            r = run_audit(model, backdoored, Path(tmp))
+        for model, trigger in cases:
+            r = run_audit(model, trigger, Path(tmp))
             res = r["result"]
             before, after = res["metrics"]["before"] or {}, res["metrics"].get("after") or {}
             scan = res.get("scan") or {}
             top = max(scan.get("anomaly_index") or [float("nan")])
             acc = f"{pct(before.get('c_acc'))} → {pct(after.get('c_acc'))}" if after else pct(before.get("c_acc"))
-            asr = f"{pct(before.get('asr'))} → {pct(after.get('asr'))}" if backdoored else "—"
-            print(f"| {model} | {r['exit']} | {scan.get('flagged_classes')} | {top:.2f} | {acc} | {asr} | "
+            asr = f"{pct(before.get('asr'))} → {pct(after.get('asr'))}" if trigger else "—"
+            print(f"| {model.name} | {r['exit']} | {scan.get('flagged_classes')} | {top:.2f} | {acc} | {asr} | "
                   f"{res['timings'].get('scan_before', 0):.1f} | {res['timings'].get('defense', 0):.1f} | {r['wall']:.1f} | {r['rss_mb']:.0f} |")
     print()
 
 
-def nc_batched_vs_loop(model: str) -> None:
+def nc_batched_vs_loop(model: Path) -> None:
     import torch
 
     from auditor.config import AuditConfig
     from auditor.scans.neural_cleanse import NeuralCleanseParams, anomaly_index, neural_cleanse
     from auditor.session import AuditSession
 
-    session = AuditSession(AuditConfig(model=MODELS / model), progress=lambda m: None)
+    session = AuditSession(AuditConfig(model=model), progress=lambda m: None)
     session.prepare()
     handle, fit = session.handle, session.split.fit
     params = NeuralCleanseParams()
@@ -85,7 +91,7 @@ def nc_batched_vs_loop(model: str) -> None:
     threshold = AuditConfig(model=Path("x")).anomaly_threshold
     flag_b = [c for c, a in enumerate(batched.anomaly_index) if a > threshold]
     flag_l = [c for c, a in enumerate(loop_index) if a > threshold]
-    print(f"| {model} | {t_batched:.1f} | {t_loop:.1f} | {t_loop / t_batched:.1f}× | {flag_b} | {flag_l} | "
+    print(f"| {model.name} | {t_batched:.1f} | {t_loop:.1f} | {t_loop / t_batched:.1f}× | {flag_b} | {flag_l} | "
           f"{max(abs(a - b) for a, b in zip(batched.norms, norms)):.2f} |")
 
 
@@ -93,19 +99,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-audits", action="store_true")
     parser.add_argument("--skip-nc", action="store_true", help="skip the batched vs per-class NC comparison")
+    parser.add_argument("--resnet", action="store_true", help="the zoo's ResNet-18 models instead of the small CNNs")
     args = parser.parse_args()
+    cases = RESNET_CASES if args.resnet else CASES
+    missing = [str(m) for m, _ in cases if not m.exists()]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: build them with fixtures/build_zoo.py (see its docstring)")
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}\n")
     if not args.skip_audits:
-        audits()
+        audits(cases)
     if args.skip_nc:
         return
     print("## Neural Cleanse: batched over classes vs one class at a time (same settings, seed, batches)\n")
     print("| model | batched (s) | per-class loop (s) | speed-up | flagged (batched) | flagged (loop) | max mask-norm difference |")
     print("|---|---|---|---|---|---|---|")
-    for model in ("badnets_cnn.pt", "clean_cnn.pt"):
-        nc_batched_vs_loop(model)
+    for model, _ in cases:
+        if model.suffix == ".pt":
+            nc_batched_vs_loop(model)
 
 
 if __name__ == "__main__":

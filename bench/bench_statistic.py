@@ -1,6 +1,7 @@
 """Choose the Neural Cleanse detection statistic by measurement over the zoo.
 
     .venv/bin/python bench/bench_statistic.py        # about 3 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_statistic.py --models resnet18_clean resnet18_badnets --max-steps 100 --no-after
 
 Runs the NC scan (default budget, 10 clean samples per class) on every zoo model, and on each
 backdoored one again after `activation-edit` + repair with its known trigger (the after stage of
@@ -26,8 +27,8 @@ CANDIDATES = [("raw", 2.0), ("log", 2.0), ("log", 2.5), ("log", 3.0)]
 from bench_defenses import model_path  # noqa: E402  (bench/ is on sys.path when a script in it runs)
 
 
-def scan_norms(stems: list[str]) -> dict[str, tuple[list[float], int | str | None]]:
-    """{row name: (mask norms, true target)} for each model and each backdoored model after the defense."""
+def scan_norms(stems: list[str], nc_params: dict, after: bool) -> dict[str, tuple[list[float], int | str | None]]:
+    """{row name: (mask norms, true target)} for each model and (`after`) each backdoored model after the defense."""
     from auditor.config import AuditConfig
     from auditor.defenses import RepairParams, defense_share, repair
     from auditor.registry import DEFENSES, SCANS
@@ -42,15 +43,15 @@ def scan_norms(stems: list[str]) -> dict[str, tuple[list[float], int | str | Non
         known = session.known_trigger
         target = None if known is None else ("all-to-all" if known.target is None else known.target)
         nc = SCANS.get("neural-cleanse").factory
-        rows[stem] = (nc(session.handle, session.split, {}, 0, None).norms, target)
+        rows[stem] = (nc(session.handle, session.split, nc_params, 0, None).norms, target)
         print(f"scanned {stem}", file=sys.stderr, flush=True)
-        if known is None:
+        if known is None or not after:
             continue
         fit = session.split.fit
         edited = DEFENSES.get("activation-edit").factory(
             session.handle, defense_share(fit, RepairParams(), session.handle.num_classes, 0), [known], {}, 0).handle
         repaired, _ = repair(session.handle, edited, fit, [known], [t for t in [known.target] if t is not None], RepairParams(), 0)
-        rows[f"{stem} (after defense)"] = (nc(repaired, session.split, {}, 0, None).norms, "—")
+        rows[f"{stem} (after defense)"] = (nc(repaired, session.split, nc_params, 0, None).norms, "—")
         print(f"scanned {stem} after the defense", file=sys.stderr, flush=True)
     return rows
 
@@ -67,10 +68,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--max-mask-ratio", type=float, default=0.5)
+    parser.add_argument("--max-steps", type=int, default=None, help="NC optimisation budget (default: the scan's, 600)")
+    parser.add_argument("--no-after", action="store_true", help="skip the scans of the repaired backdoored models")
     args = parser.parse_args()
     from auditor.scans.neural_cleanse import mad_index
 
-    rows = scan_norms(args.models)
+    rows = scan_norms(args.models, {"max_steps": args.max_steps} if args.max_steps else {}, not args.no_after)
     heads = [f"{scale} > {threshold:g}" for scale, threshold in CANDIDATES]
     print("| model | true target | " + " | ".join(heads) + " | smallest masks: class (L1, share of median, raw index, log index) |")
     print("|---|---|" + "---|" * len(heads) + "---|")

@@ -169,8 +169,9 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
         edits.append(_edit_layer(handle, module, names[layer_index], fit, group, p, seed))
         if progress:
             e = edits[-1]
-            progress(f"activation-edit: {p.rule} on layer {e['layer']} ({e['inputs']} inputs) from {len(fit)} clean samples "
-                     f"x {e['views'] + 1} (shifted/mirrored views) + {e['stamped_samples']} stamped ({len(group)} trigger(s))")
+            views = f" (each with {e['views']} shifted/mirrored views)" if e["views"] else ""
+            progress(f"activation-edit: {p.rule} on layer {e['layer']} ({e['inputs']} inputs) from {len(fit)} clean samples{views} "
+                     f"+ {e['stamped_samples']} stamped ({len(group)} trigger(s))")
     module.eval()
     edited = handle.derived(module)
     stats = {"params": asdict(p), "layer": ", ".join(e["layer"] for e in edits),
