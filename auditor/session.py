@@ -166,13 +166,14 @@ class AuditSession:
         """The classes a scan result points at, most suspicious first.
 
         Generative scan: candidates whose sampled triggers reach `min_generative_asr` on held-out
-        samples. Neural Cleanse: anomaly index above the threshold AND a mask at most
+        samples, in the NC pass's order (a naturally easy class such as Fashion-MNIST's Bag is also
+        made by a large enough patch; its mask is not the outlier the backdoor's is). Neural Cleanse: anomaly index above the threshold AND a mask at most
         `max_mask_ratio` of the median (a tight cluster of norms makes the MAD tiny and would
         otherwise flag an ordinary class)."""
         distributions = getattr(result, "distributions", None)
         if distributions is not None:
             hits = [d for d in distributions if sum(d.sample_asr) / len(d.sample_asr) >= self.config.min_generative_asr]
-            return [d.target for d in sorted(hits, key=lambda d: -sum(d.sample_asr))]
+            return [d.target for d in sorted(hits, key=lambda d: -result.anomaly_index[d.target])]
         idx, norms = result.anomaly_index, result.norms
         median = sorted(norms)[len(norms) // 2]
         return sorted((c for c, a in enumerate(idx)

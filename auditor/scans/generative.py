@@ -41,6 +41,7 @@ class GenerativeParams:
     jitter: int = 1
     min_patch: int = 3
     max_patch_fraction: float = 0.3
+    mask_share: float = 0.5
     samples: int = 16
     asr_eval_samples: int = 500
     seed: int = 0
@@ -48,6 +49,8 @@ class GenerativeParams:
     def __post_init__(self):
         if self.candidates < 1 or self.steps < 1 or self.batch_size < 2 or self.samples < 1:
             raise ValueError("generative: candidates, steps, samples >= 1 and batch_size >= 2")
+        if not 0 < self.mask_share <= 1:
+            raise ValueError("generative: mask_share must be in (0, 1]")
 
 
 class PatchGenerator(nn.Module):
@@ -121,19 +124,24 @@ class GenerativeResult(NeuralCleanseResult):
 
 
 def patch_box(mask: torch.Tensor, params: GenerativeParams) -> tuple[int, int, int]:
-    """Patch size and top-left corner from an NC mask: its bounding box above half its peak."""
-    m = mask[0]
+    """Patch size and top-left corner from an NC mask: the smallest square window (from `min_patch`
+    up to `max_patch_fraction` of the image side) holding `mask_share` of the mask's mass, placed
+    where it holds the most. (A bounding box of the mask's bright pixels, our first version, was
+    dragged to the image centre by a few stray pixels and missed a 5x5 patch at the left edge.)"""
+    m = mask[0].float()
     h, w = m.shape
-    hot = (m >= 0.5 * m.max()).nonzero()
-    if len(hot) == 0:
-        hot = torch.tensor([[h // 2, w // 2]])
-    (y0, x0), (y1, x1) = hot.min(0).values.tolist(), hot.max(0).values.tolist()
     limit = max(params.min_patch, int(params.max_patch_fraction * min(h, w)))
-    size = min(limit, max(params.min_patch, y1 - y0 + 1, x1 - x0 + 1))
-    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-    top = min(max(0, cy - size // 2), h - size)
-    left = min(max(0, cx - size // 2), w - size)
-    return size, top, left
+    limit = min(limit, h, w)
+    total = float(m.sum())
+    size = min(params.min_patch, h, w)
+    if total <= 0:  # an empty mask points nowhere: the centre
+        return size, (h - size) // 2, (w - size) // 2
+    for size in range(size, limit + 1):
+        sums = F.avg_pool2d(m[None, None], size, stride=1)[0, 0] * size * size
+        if float(sums.max()) >= params.mask_share * total:
+            break
+    best = int(sums.flatten().argmax())
+    return size, best // sums.shape[1], best % sums.shape[1]
 
 
 def _paste(x, patches, top, left, jitter, gen, device):
