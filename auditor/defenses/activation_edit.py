@@ -31,13 +31,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..data import ImageSet
 from ..errors import AuditorInputError
 from ..registry import DEFENSES
-from ..data import ImageSet
 from .base import DefenseOutcome, augmented_views, stamp_random
 from .layers import layer_io, linear_layers
 
 RULES = ("regress", "project", "dampen")
+KNOWN_TRIGGER_VIEWS = 16  # views=auto for a known trigger (measured: README, "Defenses")
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,13 @@ def ridge_edit(weight, bias, inputs, targets, ridge: float):
 
 
 def views_for(p: ActivationEditParams, triggers) -> int:
-    """`auto`: 16 views for a known trigger, none for recovered ones. Measured (README, "Defenses"):
+    """`auto`: KNOWN_TRIGGER_VIEWS for a known trigger, none for recovered ones. Measured:
     the views pin the clean behaviour at more points, which lowered a known trigger's ASR and the
     target-class loss, but also held back the broader edit through which an approximate, recovered
     trigger carries over to the real one."""
     if p.views != "auto":
         return p.views
-    return 16 if all(t.source == "known" for t in triggers) else 0
+    return KNOWN_TRIGGER_VIEWS if all(t.source == "known" for t in triggers) else 0
 
 
 def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, seed: int) -> dict:

@@ -61,15 +61,15 @@ def stamp_random(x, y, triggers, num_classes, gen):
     return stamped, targets, targets != y
 
 
-def augmented_views(x, views: int, gen: torch.Generator, max_shift: int | None = None):
-    """`views` random variants of every image (shifted by up to `max_shift` pixels, edges
-    replicated; mirrored left-right with probability 1/2), stacked view by view: row i of view v is
+def augmented_views(x, views: int, gen: torch.Generator):
+    """`views` random variants of every image (shifted by up to 1/14 of its side, 2 pixels at 28,
+    edges replicated; mirrored left-right with probability 1/2), stacked view by view: row i of view v is
     a variant of x[i]. Unlabelled extra inputs on which a defense can ask that the ORIGINAL model's
     clean behaviour be kept."""
     if views < 1:
         return x[:0]
     n, _, h, w = x.shape
-    s = max_shift if max_shift is not None else max(1, min(h, w) // 14)
+    s = max(1, min(h, w) // 14)
     padded = F.pad(x, (s, s, s, s), mode="replicate")
     out = []
     for _ in range(views):

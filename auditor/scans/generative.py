@@ -130,8 +130,7 @@ def patch_box(mask: torch.Tensor, params: GenerativeParams) -> tuple[int, int, i
     dragged to the image centre by a few stray pixels and missed a 5x5 patch at the left edge.)"""
     m = mask[0].float()
     h, w = m.shape
-    limit = max(params.min_patch, int(params.max_patch_fraction * min(h, w)))
-    limit = min(limit, h, w)
+    limit = min(max(params.min_patch, int(params.max_patch_fraction * min(h, w))), h, w)
     total = float(m.sum())
     size = min(params.min_patch, h, w)
     if total <= 0:  # an empty mask points nowhere: the centre
