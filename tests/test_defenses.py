@@ -183,6 +183,21 @@ def test_ridge_edit_row_form_matches_the_input_form():
     assert torch.allclose(w2, primal[:, :30].float(), atol=1e-4) and torch.allclose(b2, primal[:, 30].float(), atol=1e-4)
 
 
+def test_ridge_edit_row_weight_counts_a_row_that_many_times():
+    gen = torch.Generator().manual_seed(2)
+    w, b = torch.randn(3, 6, generator=gen), torch.randn(3, generator=gen)
+    a, target = torch.randn(20, 6, generator=gen), torch.randn(20, 3, generator=gen)
+    weight = torch.ones(20)
+    weight[:5] = 2.0
+    w2, b2 = ridge_edit(w, b, a, target, ridge=0.05, row_weight=weight)
+    # same minimiser as the first five rows written twice (mu scales with the unweighted inputs' mean |a|^2)
+    a_dup, t_dup = torch.cat([a, a[:5]]), torch.cat([target, target[:5]])
+    mu = 0.05 * float((a.double() ** 2).sum(1).mean())
+    ridge_dup = mu / float((a_dup.double() ** 2).sum(1).mean())
+    w3, b3 = ridge_edit(w, b, a_dup, t_dup, ridge=ridge_dup)
+    assert torch.allclose(w2, w3, atol=1e-4) and torch.allclose(b2, b3, atol=1e-4)
+
+
 def test_augmented_views_are_shifted_or_mirrored_copies():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(5, 1, 28, 28)

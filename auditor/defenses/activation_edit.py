@@ -17,7 +17,9 @@ Rules (`rule`):
   inputs and B the original clean outputs. The trigger's footprint stops moving the layer's output
   while the clean behaviour is kept by construction; no gradient steps. With `views` (auto: 16 for a
   known trigger) each fit sample also contributes shifted/mirrored copies, clean and stamped, whose
-  targets are the original layer's outputs on the clean copies: no label is invented.
+  targets are the original layer's outputs on the clean copies: no label is invented. Stamped rows
+  weigh `stamped_weight` (0.3) against 1 for clean rows: the edit then keeps more of the clean
+  behaviour (target class, C-ACC) for a slightly higher residual ASR (measured, README).
 - `project`: project the top principal directions of (stamped - clean) activations out of the
   layer's input weights, W <- W (I - U U^T).
 - `dampen`: scale input channels whose mean activation on stamped samples exceeds `alpha` times
@@ -50,6 +52,7 @@ class ActivationEditParams:
     alpha: float = 2.0
     copies: int = 2
     views: int | str = "auto"
+    stamped_weight: float = 0.3
 
     def __post_init__(self):
         if not (self.layer == "auto" or isinstance(self.layer, int)):
@@ -58,8 +61,8 @@ class ActivationEditParams:
             raise ValueError("activation-edit: views must be 'auto' or a number >= 0 of shifted/mirrored copies per sample")
         if self.rule not in RULES:
             raise ValueError(f"activation-edit: rule must be one of {', '.join(RULES)}")
-        if self.ridge <= 0 or self.directions < 1 or self.alpha <= 1 or self.copies < 1:
-            raise ValueError("activation-edit: need ridge > 0, directions >= 1, alpha > 1, copies >= 1")
+        if self.ridge <= 0 or self.directions < 1 or self.alpha <= 1 or self.copies < 1 or self.stamped_weight <= 0:
+            raise ValueError("activation-edit: need ridge > 0, directions >= 1, alpha > 1, copies >= 1, stamped_weight > 0")
 
 
 def stamped_pairs(fit, triggers, num_classes: int, copies: int, seed: int):
@@ -77,16 +80,20 @@ def stamped_pairs(fit, triggers, num_classes: int, copies: int, seed: int):
     return index, torch.cat(stamped)
 
 
-def ridge_edit(weight, bias, inputs, targets, ridge: float):
+def ridge_edit(weight, bias, inputs, targets, ridge: float, row_weight=None):
     """Closed-form argmin |W' A^T + b' - B|^2 + ridge * mean|a|^2 * |[W' b'] - [W b]|^2 (float64).
 
     Solved for the change D = [W' b'] - [W b]: D^T = (A^T A + mu I)^-1 A^T R = A^T (A A^T + mu I)^-1 R
-    with R = B - A [W b]^T, in whichever form has the smaller matrix to factor (inputs or rows)."""
+    with R = B - A [W b]^T, in whichever form has the smaller matrix to factor (inputs or rows).
+    `row_weight` weighs each row's squared error (a weight of 2 counts a row twice)."""
     n, d = inputs.shape
     a1 = torch.cat([inputs, torch.ones(n, 1)], 1).double()
     w1 = torch.cat([weight, (bias if bias is not None else torch.zeros(weight.shape[0]))[:, None]], 1).double()
     mu = ridge * float((inputs.double() ** 2).sum(1).mean().clamp_min(1e-12))
     residual = targets.double() - a1 @ w1.T
+    if row_weight is not None:
+        root = row_weight.double().sqrt()[:, None]
+        a1, residual = a1 * root, residual * root
     if n < d + 1:
         change = a1.T @ torch.linalg.solve(a1 @ a1.T + mu * torch.eye(n, dtype=torch.float64), residual)
     else:
@@ -122,8 +129,9 @@ def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, se
     bias = layer.bias.detach().cpu().clone() if layer.bias is not None else None
     footprint = stamped_in - clean_in[index]
     if p.rule == "regress":
+        row_weight = torch.cat([torch.ones(len(clean_in)), torch.full((len(stamped_in),), p.stamped_weight)])
         new_w, new_b = ridge_edit(weight, bias, torch.cat([clean_in, stamped_in]),
-                                  torch.cat([clean_out, clean_out[index]]), p.ridge)
+                                  torch.cat([clean_out, clean_out[index]]), p.ridge, row_weight)
     elif p.rule == "project":
         _, _, vh = torch.linalg.svd(footprint, full_matrices=False)
         u = vh[: p.directions].T
