@@ -104,14 +104,8 @@ def validate_names(config: AuditConfig) -> None:
         if unknown:
             raise AuditorInputError(f"{name}: unknown parameters {', '.join(sorted(unknown))} "
                                     f"(known: {', '.join(registry.get(name).params)})")
-        params_type = registry.get(name).params_type
-        if params_type is not None:
-            try:  # bad values fail now, not minutes later when the defense runs
-                params_type(**params)
-            except ValueError as exc:  # the parameter classes' messages name their scan or defense
-                raise AuditorInputError(str(exc)) from None
-            except TypeError as exc:
-                raise AuditorInputError(f"{name}: {exc}") from None
+        if registry.get(name).params_type is not None:
+            _check_values(name, registry.get(name).params_type, params)
     from dataclasses import fields
 
     from .defenses import RepairParams
@@ -119,7 +113,16 @@ def validate_names(config: AuditConfig) -> None:
     unknown = set(config.repair_params) - {f.name for f in fields(RepairParams)}
     if unknown:
         raise AuditorInputError(f"repair: unknown parameters {', '.join(sorted(unknown))}")
+    _check_values("repair", RepairParams, config.repair_params)
+
+
+def _check_values(name: str, params_type: type, params: dict) -> None:
+    """Bad values fail now, not minutes later when the scan, defense or repair runs."""
+    from .errors import AuditorInputError
+
     try:
-        RepairParams(**config.repair_params)
-    except (TypeError, ValueError) as exc:
+        params_type(**params)
+    except ValueError as exc:  # the parameter classes' messages name their scan, defense or repair
         raise AuditorInputError(str(exc)) from None
+    except TypeError as exc:
+        raise AuditorInputError(f"{name}: {exc}") from None

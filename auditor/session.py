@@ -167,7 +167,8 @@ class AuditSession:
 
         Generative scan: candidates whose sampled triggers reach `min_generative_asr` on held-out
         samples, in the NC pass's order (a naturally easy class such as Fashion-MNIST's Bag is also
-        made by a large enough patch; its mask is not the outlier the backdoor's is). Neural Cleanse: anomaly index above the threshold AND a mask at most
+        made by a large enough patch; its mask is not the outlier the backdoor's is).
+        Neural Cleanse: anomaly index above the threshold AND a mask at most
         `max_mask_ratio` of the median (a tight cluster of norms makes the MAD tiny and would
         otherwise flag an ordinary class)."""
         distributions = getattr(result, "distributions", None)

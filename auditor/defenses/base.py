@@ -76,7 +76,11 @@ def augmented_views(x, views: int, gen: torch.Generator):
         dy = torch.randint(0, 2 * s + 1, (n,), generator=gen)
         dx = torch.randint(0, 2 * s + 1, (n,), generator=gen)
         mirror = torch.rand(n, generator=gen) < 0.5
-        view = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        view = torch.empty_like(x)
+        for oy in range(2 * s + 1):  # one slice per offset, not per image
+            for ox in range(2 * s + 1):
+                sel = (dy == oy) & (dx == ox)
+                view[sel] = padded[sel, :, oy : oy + h, ox : ox + w]
         view[mirror] = view[mirror].flip(-1)
         out.append(view)
     return torch.cat(out)
