@@ -186,6 +186,8 @@ def list_command():
             click.echo(f"  {entry.name}: {entry.summary}")
             if entry.params:
                 click.echo("      " + ", ".join(f"{k}={v}" for k, v in entry.params.items()))
+            if entry.limits:
+                click.echo(f"      limits: {entry.limits}")
     click.echo("Repair (--repair/--no-repair, --repair-param)")
     from dataclasses import asdict
 

@@ -13,6 +13,7 @@ class Entry:
     summary: str
     params: dict[str, Any] = field(default_factory=dict)
     params_type: type | None = None  # a dataclass whose constructor validates the parameters
+    limits: str = ""  # what the entry cannot do, measured; shown in reports next to its results
 
 
 class Registry:
@@ -20,11 +21,12 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, summary: str, params: dict[str, Any] | None = None, params_type: type | None = None):
+    def register(self, name: str, summary: str, params: dict[str, Any] | None = None, params_type: type | None = None,
+                 limits: str = ""):
         def decorator(factory):
             if name in self._entries:
                 raise ValueError(f"duplicate {self.kind} name {name!r}")
-            self._entries[name] = Entry(name, factory, summary, dict(params or {}), params_type)
+            self._entries[name] = Entry(name, factory, summary, dict(params or {}), params_type, limits)
             return factory
 
         return decorator
@@ -35,6 +37,11 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
             raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def limits(self, name: str) -> str:
+        """The entry's stated limits; "" for an unknown name (a result may outlive its plugin)."""
+        entry = self._entries.get(name)
+        return entry.limits if entry else ""
 
     def names(self) -> list[str]:
         return sorted(self._entries)

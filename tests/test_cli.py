@@ -83,7 +83,7 @@ def test_list_names_scans_defenses_and_checks():
     assert result.exit_code == 0, result.output
     for name in ("neural-cleanse", "nc-unlearn", "finetune", "check_backdoor.py::check_trigger_scan",
                  "check_serialization.py::check_serialization_safety", f"max_steps={NeuralCleanseParams().max_steps}",
-                 "min_steps="):
+                 "min_steps=", "limits: Searches for one small input-space trigger"):
         assert name in result.stdout
 
 
@@ -103,6 +103,8 @@ def test_clean_model_passes(clean_e2e):
     assert data["metrics"]["before"]["c_acc"] >= 0.8
     assert data["model"]["format"] == "state_dict" and data["model"]["arch"] == "auditor.zoo:small_cnn"
     assert run.html_path.is_file() and "PASS" in run.html_path.read_text()
+    # a pass states what the scan could not have seen
+    assert "warp" in data["scan"]["limits"] and "What this scan cannot see" in run.html_path.read_text()
     assert "verdict: PASS (exit 0)" in run.stdout
     assert run.error_lines == []
     assert run.inputs_unchanged

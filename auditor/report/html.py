@@ -157,7 +157,8 @@ def _scan_section(result: dict) -> str:
             f"when the mask is also at most {result['config']['max_mask_ratio']:g} × the median mask. "
             f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
             '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'
-            f"<th></th>{after_head}</tr>{''.join(rows)}</table>{generative}")
+            f"<th></th>{after_head}</tr>{''.join(rows)}</table>{generative}"
+            + (f'<p class="limits"><b>What this scan cannot see:</b> {escape(scan["limits"])}</p>' if scan.get("limits") else ""))
 
 
 def _figure(label: str, b64: str) -> str:

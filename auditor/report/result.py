@@ -49,7 +49,9 @@ def verdict_and_exit(records, session, pytest_exit: int | None, collected: int, 
 
 def _scan_dict(session, result) -> dict:
     flagged = session.flagged(result)
-    out = {"flagged_classes": flagged, **result.summary()}
+    from ..registry import SCANS
+
+    out = {"flagged_classes": flagged, **result.summary(), "limits": SCANS.limits(result.method)}
     return _round(out)
 
 

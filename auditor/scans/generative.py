@@ -24,7 +24,7 @@ from torch import nn
 from ..metrics import attack_success_rate
 from ..registry import SCANS
 from ..triggers import Trigger
-from .neural_cleanse import NeuralCleanseParams, NeuralCleanseResult, _freeze, _restore, neural_cleanse
+from .neural_cleanse import SCAN_LIMITS, NeuralCleanseParams, NeuralCleanseResult, _freeze, _restore, neural_cleanse
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class GenerativeParams:
     candidates: int = 2
     z_dim: int = 64
     hidden: int = 128
-    steps: int = 250
-    batch_size: int = 64
+    steps: int = 150
+    batch_size: int = 32
     lr: float = 1e-3
     beta: float = 0.9
     alpha: float = 0.1
@@ -228,6 +228,7 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
     "Neural Cleanse ranking, then a learned distribution of patch triggers (MESA/BAERASE) for the top candidates",
     params={**{f"nc_{k}": v for k, v in asdict(NeuralCleanseParams()).items() if k != "seed"},
             **{k: v for k, v in asdict(GenerativeParams()).items() if k != "seed"}},
+    limits=SCAN_LIMITS + " Only the NC pass's top `candidates` classes get a generator: a target ranked lower is not examined.",
 )
 def run_generative(handle, split, params: dict, seed: int, progress=None) -> GenerativeResult:
     nc = {k[3:]: v for k, v in params.items() if k.startswith("nc_")}
