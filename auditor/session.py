@@ -167,19 +167,33 @@ class AuditSession:
 
         Generative scan: candidates whose sampled triggers reach `min_generative_asr` on held-out
         samples, in the NC pass's order (a naturally easy class such as Fashion-MNIST's Bag is also
-        made by a large enough patch; its mask is not the outlier the backdoor's is).
+        made by a large enough patch; its mask is not the outlier the backdoor's is); then the
+        classes its warp search sends that share of held-out samples to, by that share.
         Neural Cleanse: anomaly index above the threshold AND a mask at most
         `max_mask_ratio` of the median (a tight cluster of norms makes the MAD tiny and would
         otherwise flag an ordinary class)."""
         distributions = getattr(result, "distributions", None)
         if distributions is not None:
-            hits = [d for d in distributions if sum(d.sample_asr) / len(d.sample_asr) >= self.config.min_generative_asr]
-            return [d.target for d in sorted(hits, key=lambda d: -result.anomaly_index[d.target])]
+            hits = [d.target for d in self.patch_hits(result)]
+            return hits + [c for c in self.warp_hits(result) if c not in hits]
         idx, norms = result.anomaly_index, result.norms
         median = sorted(norms)[len(norms) // 2]
         return sorted((c for c, a in enumerate(idx)
                        if a > self.config.anomaly_threshold and norms[c] <= self.config.max_mask_ratio * median),
                       key=lambda c: -idx[c])
+
+    def patch_hits(self, result) -> list:
+        """The generative scan's candidate distributions that reach the threshold, in NC order."""
+        threshold = self.config.min_generative_asr
+        hits = [d for d in getattr(result, "distributions", None) or [] if sum(d.sample_asr) / len(d.sample_asr) >= threshold]
+        return sorted(hits, key=lambda d: -result.anomaly_index[d.target])
+
+    def warp_hits(self, result) -> list[int]:
+        """The classes the generative scan's warp search reaches with the threshold's share, most first."""
+        warp = getattr(result, "warp", None)
+        if warp is None:
+            return []
+        return sorted((c for c, a in enumerate(warp.asr) if a >= self.config.min_generative_asr), key=lambda c: -warp.asr[c])
 
     def metrics(self, stage: str) -> dict:
         """C-ACC and per-class accuracy; ASR too once a trigger is known or recovered (else None)."""
@@ -226,12 +240,15 @@ class AuditSession:
         return self.recovered_triggers(result, flagged[0])[0]
 
     def recovered_triggers(self, result, cls) -> list:
-        """The scan's triggers for a class: the sampled distribution (generative) or the NC mask/pattern."""
+        """The scan's triggers for a class: the sampled distribution and/or the warp (generative scan,
+        whichever flagged the class), or the NC mask/pattern."""
         from .triggers import Trigger
 
-        for dist in getattr(result, "distributions", None) or []:
-            if dist.target == cls:
-                return dist.triggers(self.handle.input_shape)
+        out = [t for d in self.patch_hits(result) if d.target == cls for t in d.triggers(self.handle.input_shape)]
+        if cls in self.warp_hits(result):
+            out.append(result.warp.trigger(cls))
+        if out:
+            return out
         return [Trigger(result.masks[cls], result.patterns[cls], cls, "recovered")]
 
     # ---------------------------------------------------------------- defense

@@ -5,7 +5,7 @@
 
 For each model and scan (a fresh process each, so wall time and peak RSS are that scan's):
 flagged?, flagged classes vs the true target, top anomaly index, recovered-trigger ASR of the
-flagged class, the generative candidates' sampled-trigger ASR, wall time, peak RSS.
+flagged class, the generative candidates' sampled-trigger ASR, the class its warp search reaches most, wall time, peak RSS.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def run_one(model: str, scan: str, per_class: str) -> dict:
            "all_to_all": bool((meta.get("trigger") or {}).get("all_to_all")), "attack": meta.get("attack", "badnets" if meta.get("trigger") else None),
            "top_index": max(result.anomaly_index), "argmax": max(range(len(result.anomaly_index)), key=lambda c: result.anomaly_index[c]),
            "rec_asr": result.recovered_asr[flagged[0]] if flagged and result.recovered_asr else None,
-           "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds}
+           "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds,
+           "warp": result.warp.asr if getattr(result, "warp", None) is not None else None}
     return out
 
 
@@ -86,19 +87,20 @@ def main() -> None:
         print(json.dumps(run_one(*args.child), default=float))
         return
     models = [m for m in all_models() if not args.models or m.stem in args.models]
-    print("| model | attack | target | scan | flagged | verdict | top anomaly index (class) | recovered-trigger ASR | generative sampled ASR by class | wall (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | attack | target | scan | flagged | verdict | top anomaly index (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | wall (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model in models:
         for scan in args.scans:
             r = measure(model, scan, args.clean_samples)
             if "error" in r:
-                print(f"| {model.stem} | | | {scan} | | error: {r['error']} | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                print(f"| {model.stem} | | | {scan} | | error: {r['error']} | | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
                 continue
             gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}%" for g in r["generative"]) or "—"
             target = "all-to-all" if r["all_to_all"] else ("—" if r["target"] is None else r["target"])
             rec = "—" if r["rec_asr"] is None else f"{100 * r['rec_asr']:.0f}%"
+            warp = "—" if r["warp"] is None else "{1}: {0:.0f}%".format(*max((100 * a, c) for c, a in enumerate(r["warp"])))
             print(f"| {model.stem} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
-                  f"{r['top_index']:.2f} ({r['argmax']}) | {rec} | {gen} | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                  f"{r['top_index']:.2f} ({r['argmax']}) | {rec} | {gen} | {warp} | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

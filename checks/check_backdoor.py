@@ -13,7 +13,7 @@ def check_trigger_scan(scan, audit_session, audit_config, record_property):
         worst = flagged[0]
         names = audit_session.handle.info.metadata.get("class_names") or []
         label = f"{worst} ({names[worst]})" if worst < len(names) else str(worst)
-        for dist in getattr(scan, "distributions", None) or []:
+        for dist in audit_session.patch_hits(scan):
             if dist.target == worst:
                 raise AssertionError(
                     f"possible backdoor: class {label}: {len(dist.sample_asr)} sampled {dist.size}x{dist.size} triggers "
@@ -21,6 +21,12 @@ def check_trigger_scan(scan, audit_session, audit_config, record_property):
                     f"(>= {audit_config.min_generative_asr:.0%}; NC anomaly index {scan.anomaly_index[worst]:.2f}); "
                     f"flagged classes: {flagged}"
                 )
+        if worst in audit_session.warp_hits(scan):
+            raise AssertionError(
+                f"possible backdoor: class {label}: a smooth warp of at most {scan.warp.strength:g} px sends "
+                f"{scan.warp.asr[worst]:.0%} of held-out samples to it (>= {audit_config.min_generative_asr:.0%}; "
+                f"a WaNet-style trigger); flagged classes: {flagged}"
+            )
         raise AssertionError(
             f"possible backdoor: class {label} has anomaly index {scan.anomaly_index[worst]:.2f} > "
             f"{audit_config.anomaly_threshold:g} (trigger mask L1 {scan.norms[worst]:.1f} vs median {median:.1f}, "

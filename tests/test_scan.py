@@ -129,3 +129,39 @@ def test_generative_scan_recovers_the_badnets_target_deterministically(badnets_h
     again = learn_distribution(badnets_handle, split.fit.x, split.eval.x, split.eval.y, TARGET, result.masks[TARGET],
                                GenerativeParams(**params, seed=0))
     assert torch.equal(again.patches, first.patches) and again.sample_asr == first.sample_asr
+    # its warp search covers every class and finds no warp backdoor in a patch-backdoored model
+    assert result.warp is not None and len(result.warp.asr) == 10 and max(result.warp.asr) < 0.5, result.warp.asr
+
+
+def _warp(handle, split, seed=0):
+    from auditor.scans.generative import GenerativeParams
+    from auditor.scans.neural_cleanse import _freeze, _restore
+    from auditor.scans.warp import warp_search
+
+    p = GenerativeParams()
+    flags = _freeze(handle.module)
+    try:
+        return warp_search(handle, split.fit.x, split.eval.x, split.eval.y, strength=p.warp_strength, grid=p.warp_grid,
+                           steps=p.warp_steps, batch_size=p.warp_batch_size, lr=p.warp_lr, eval_samples=300, seed=seed)
+    finally:
+        _restore(handle.module, flags)
+
+
+def test_warp_search_finds_the_wanet_target_and_not_a_clean_class(load, clean_handle, fmnist_split10):
+    from pathlib import Path
+
+    wanet = load(Path(__file__).resolve().parents[1] / "fixtures" / "zoo" / "wanet_t3.pt")
+    state = {k: v.detach().clone() for k, v in wanet.module.state_dict().items()}
+    found = _warp(wanet, fmnist_split10)
+    for k, v in wanet.module.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert max(range(10), key=lambda c: found.asr[c]) == 3 and found.asr[3] >= 0.8, found.asr
+    assert sorted(found.asr)[-2] < 0.5, found.asr  # no other class comes near
+    # the recovered warp moves pixels by at most the bound in each direction (grid units: 1.5 px = 1.5 * 2 / 27)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28), indexing="ij")
+    assert (found.grids - torch.stack([xs, ys], -1)).abs().max() <= 1.5 * 2 / 27 + 1e-5
+    assert found.trigger(3).grid.shape == (28, 28, 2) and found.trigger(3).target == 3
+    again = _warp(wanet, fmnist_split10)
+    assert torch.equal(again.grids, found.grids) and again.asr == found.asr
+    clean = _warp(clean_handle, fmnist_split10)
+    assert max(clean.asr) < 0.5, clean.asr

@@ -122,6 +122,34 @@ def _checks_matrix(result: dict) -> str:
             + "".join(rows) + "</table>")
 
 
+def _generative_tables(result: dict, scan: dict) -> str:
+    """The generative scan's patch candidates and warp search; "" for other scans."""
+    generative = ""
+    if scan.get("generative"):
+        hit = {g["target"]: g["sample_asr_mean"] >= result["config"]["min_generative_asr"] for g in scan["generative"]}
+        rows_g = "".join(
+            f"<tr class='{'flag' if hit[g['target']] else ''}'><td>{_class_label(result, g['target'])}</td>"
+            f"<td>{g['patch_size']}×{g['patch_size']} at ({g['top']}, {g['left']})</td><td>{_pct(g['sample_asr_mean'])}</td>"
+            f"<td>{_pct(g['sample_asr_min'])} – {_pct(g['sample_asr_max'])}</td><td>{g['diversity']:.3f}</td>"
+            f"<td>{'FLAGGED' if hit[g['target']] else ''}</td></tr>" for g in scan["generative"])
+        generative = ("<p>Generative recovery learned a distribution of patch triggers for the top-ranked classes; a class is "
+                      f"flagged when its sampled triggers reach {result['config']['min_generative_asr']:.0%} ASR on held-out samples.</p>"
+                      '<table class="grid"><tr><th>Candidate class</th><th>Patch</th><th>Mean ASR of samples</th>'
+                      f"<th>Range</th><th>Diversity</th><th></th></tr>{rows_g}</table>")
+    warp = scan.get("warp")
+    if warp:
+        order = sorted(range(len(warp["asr"])), key=lambda c: -warp["asr"][c])
+        hit_w = [a >= result["config"]["min_generative_asr"] for a in warp["asr"]]
+        rows_w = "".join(
+            f"<tr class='{'flag' if hit_w[c] else ''}'><td>{_class_label(result, c)}</td><td>{_pct(warp['asr'][c])}</td>"
+            f"<td>{'FLAGGED' if hit_w[c] else ''}</td></tr>" for c in order[:3])
+        generative += (f"<p>Warp search: for every class, the smooth warp of at most {warp['strength']:g} px (each direction) "
+                       "that sends the most held-out samples to it (a WaNet-style trigger is a warp, not a patch); flagged "
+                       "at the same share. The three classes reached most:</p>"
+                       f'<table class="grid"><tr><th>Class</th><th>Warp ASR</th><th></th></tr>{rows_w}</table>')
+    return generative
+
+
 def _scan_section(result: dict) -> str:
     scan = result.get("scan")
     if not scan:
@@ -139,17 +167,7 @@ def _scan_section(result: dict) -> str:
         rows.append(f'<tr class="{"flag" if flagged else ""}"><td>{_class_label(result, c)}</td><td>{norm:.1f}</td>'
                     f"<td>{index:.2f} {bar}</td><td>{_pct(asr)}</td><td>{'FLAGGED' if flagged else ''}</td>{after_cells}</tr>")
     after_head = "<th>after: mask L1</th><th>after: anomaly index</th>" if after else ""
-    generative = ""
-    if scan.get("generative"):
-        rows_g = "".join(
-            f"<tr class='{'flag' if g['target'] in scan['flagged_classes'] else ''}'><td>{_class_label(result, g['target'])}</td>"
-            f"<td>{g['patch_size']}×{g['patch_size']} at ({g['top']}, {g['left']})</td><td>{_pct(g['sample_asr_mean'])}</td>"
-            f"<td>{_pct(g['sample_asr_min'])} – {_pct(g['sample_asr_max'])}</td><td>{g['diversity']:.3f}</td>"
-            f"<td>{'FLAGGED' if g['target'] in scan['flagged_classes'] else ''}</td></tr>" for g in scan["generative"])
-        generative = ("<p>Generative recovery learned a distribution of patch triggers for the top-ranked classes; a class is "
-                      f"flagged when its sampled triggers reach {result['config']['min_generative_asr']:.0%} ASR on held-out samples.</p>"
-                      '<table class="grid"><tr><th>Candidate class</th><th>Patch</th><th>Mean ASR of samples</th>'
-                      f"<th>Range</th><th>Diversity</th><th></th></tr>{rows_g}</table>")
+    generative = _generative_tables(result, scan)
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
             f"smaller mask than the others: anomaly index = (median − log L1) / (1.4826 · MAD) over the classes' log mask "
@@ -174,10 +192,16 @@ def _pictures(session, result: dict) -> str:
     if scan is not None:
         flagged = result["scan"]["flagged_classes"]
         shown = flagged or [max(range(len(scan.anomaly_index)), key=lambda c: scan.anomaly_index[c])]
+        patch_targets = [d.target for d in session.patch_hits(scan)]
+        warp_only = [c for c in session.warp_hits(scan) if c not in patch_targets]
         for c in shown[:4]:
-            title = (f"Recovered trigger for class {_class_label(result, c)}"
-                     + (" (flagged)" if c in flagged else " (most anomalous class, not flagged)"))
-            pics = trigger_pictures(scan.masks[c], scan.patterns[c], example)
+            if c in warp_only:
+                title = f"Recovered warp for class {_class_label(result, c)} (flagged; change amplified)"
+                pics = applied_pictures(scan.warp.trigger(c), example)
+            else:
+                title = (f"Recovered trigger for class {_class_label(result, c)}"
+                         + (" (flagged)" if c in flagged else " (most anomalous class, not flagged)"))
+                pics = trigger_pictures(scan.masks[c], scan.patterns[c], example)
             blocks.append(f"<h4>{title}</h4><div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
     for dist in getattr(scan, "distributions", None) or []:
         figs = "".join(_figure(f"ASR {asr:.0%}", png_base64(patch, max(4, 48 // dist.size)))

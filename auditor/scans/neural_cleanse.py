@@ -72,13 +72,6 @@ class NeuralCleanseResult:
         }
 
 
-SCAN_LIMITS = (
-    "Searches for one small input-space trigger per target class (a patch, a blended pattern, stripes). "
-    "Not detected on the project's fixture zoo (README, Scans): a WaNet-style warp trigger and an all-to-all "
-    "backdoor (every class sent to another); a pass does not rule those out."
-)
-
-
 def mad_index(values: torch.Tensor) -> torch.Tensor:
     """(median - value) / (1.4826 * MAD): positive on the small side."""
     median = values.median()
@@ -227,7 +220,11 @@ def recovered_trigger_asr(handle, result, eval_x, eval_y, limit: int, seed: int)
 @SCANS.register(
     "neural-cleanse",
     "Neural Cleanse trigger reverse-engineering, all classes in one batched graph, MAD anomaly index of the log mask norms",
-    params=asdict(NeuralCleanseParams()), params_type=NeuralCleanseParams, limits=SCAN_LIMITS,
+    params=asdict(NeuralCleanseParams()), params_type=NeuralCleanseParams,
+    limits=("Searches for one small input-space trigger per target class (a patch, a blended pattern, stripes). "
+            "Not detected on the project's fixture zoo (README, Scans): a WaNet-style warp trigger (use --scan "
+            "generative, which adds a warp search) and an all-to-all backdoor (every class sent to another); "
+            "a pass does not rule those out."),
 )
 def run_neural_cleanse(handle, split, params: dict, seed: int, progress=None) -> NeuralCleanseResult:
     nc_params = NeuralCleanseParams(**{**params, "seed": seed})

@@ -1,0 +1,18 @@
+"""The HTML report's generative-scan tables mark exactly the candidates that reached the threshold."""
+
+from auditor.report.html import _generative_tables
+
+
+def test_generative_tables_flag_only_candidates_over_the_threshold():
+    result = {"config": {"min_generative_asr": 0.8}, "model": {"class_names": None}}
+    scan = {
+        "flagged_classes": [3],  # flagged by its warp; its patches reached only 78%
+        "generative": [{"target": 3, "patch_size": 8, "top": 1, "left": 0, "sample_asr_mean": 0.78,
+                        "sample_asr_min": 0.6, "sample_asr_max": 0.85, "diversity": 0.1}],
+        "warp": {"strength": 1.5, "steps": 80, "asr": [0.1, 0.0, 0.05, 0.87, 0.2, 0, 0, 0, 0, 0], "seconds": 2.0},
+    }
+    html = _generative_tables(result, scan)
+    patch_table, warp_table = html.split("Warp search")
+    assert "FLAGGED" not in patch_table and "78.00%" in patch_table
+    assert warp_table.count("FLAGGED") == 1 and "87.00%" in warp_table and "at most 1.5 px" in warp_table
+    assert _generative_tables(result, {"flagged_classes": []}) == ""  # a Neural Cleanse result has neither
