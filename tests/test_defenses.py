@@ -274,5 +274,12 @@ def test_activation_edit_auto_layer_follows_the_trigger_source(badnets_handle, f
     with pytest.raises(ValueError, match="views"):
         edit(badnets_handle, fmnist_split10.fit, [recovered], {"views": -1}, 0)
     assert edit(badnets_handle, fmnist_split10.fit, [recovered], {"layer": 0}, 0).stats["layer"] == "classifier.1"
+    # a recovered warp is edited where a known trigger is (first layer), without views
+    from auditor.triggers import Trigger, warp_grid
+
+    warp = Trigger(None, None, TARGET, "recovered", grid=warp_grid(28, 28, 4, 1.0, 0), kind="warp")
+    warp_edit = edit(badnets_handle, fmnist_split10.fit, [warp, recovered], {}, 0)
+    assert warp_edit.stats["layer"] == "classifier.1, classifier.3"
+    assert [e["views"] for e in warp_edit.stats["edits"]] == [0, 0]
     with pytest.raises(AuditorInputError, match="no trigger"):
         edit(badnets_handle, fmnist_split10.fit, [], {}, 0)
