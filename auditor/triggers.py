@@ -73,10 +73,18 @@ def warp_grid(height: int, width: int, grid_size: int, strength: float, seed: in
     flow = torch.rand(1, 2, grid_size, grid_size, generator=gen) * 2 - 1
     flow = flow / flow.abs().mean()
     flow = F.interpolate(flow, size=(height, width), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)[0]
+    return (identity_grid(height, width) + flow * strength * pixel_in_grid_units(height, width)).clamp(-1, 1)
+
+
+def identity_grid(height: int, width: int) -> torch.Tensor:
+    """The H x W x 2 sampling grid (x, y in [-1, 1], align_corners=True) that leaves an image as it is."""
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-    identity = torch.stack([xs, ys], dim=-1)
-    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
-    return (identity + flow * strength * scale).clamp(-1, 1)
+    return torch.stack([xs, ys], dim=-1)
+
+
+def pixel_in_grid_units(height: int, width: int) -> torch.Tensor:
+    """One pixel's length along x and y in those grid coordinates."""
+    return torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
 
 
 def trigger_from_spec(spec: dict, channels: int, height: int, width: int) -> Trigger:

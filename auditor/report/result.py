@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict
+
+from ..registry import SCANS
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -49,8 +50,6 @@ def verdict_and_exit(records, session, pytest_exit: int | None, collected: int, 
 
 def _scan_dict(session, result) -> dict:
     flagged = session.flagged(result)
-    from ..registry import SCANS
-
     out = {"flagged_classes": flagged, **result.summary(), "limits": SCANS.limits(result.method)}
     return _round(out)
 
