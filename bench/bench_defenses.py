@@ -8,6 +8,9 @@ class: true ASR and C-ACC before / after the defense / after repair, target-clas
 time and peak RSS of the child process (load + defense + repair + evaluation).
 Table 2, trigger recovered by each scan (no backdoor knowledge): scan, then the default defense.
 Table 3, the default defense with 1, 5, 10 and 50 clean samples per class.
+Table 4, the default defense by seed (0, 1, 2: which clean samples are drawn, and the defense's and
+repair's own random draws), so a number in table 1 can be told from the luck of one draw.
+    .venv/bin/python bench/bench_defenses.py --defenses --no-recovered --no-sweep   # table 4 only
 Evaluation always uses the samples of the committed evaluation set that the fit split left out.
 """
 
@@ -53,7 +56,7 @@ def recovered_asr(handle, data, triggers) -> float:
     return sum(rates) / len(rates)
 
 
-def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str) -> dict:
+def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed: int = 0) -> dict:
     from auditor.config import AuditConfig
     from auditor.defenses import RepairParams, defense_share, repair
     from auditor.registry import DEFENSES, SCANS
@@ -62,7 +65,7 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str) -> di
 
     path = model_path(stem)
     trigger = path.with_suffix(".trigger.json")
-    session = AuditSession(AuditConfig(model=path, trigger=trigger, clean_samples=per_class, seed=0), progress=lambda m: None)
+    session = AuditSession(AuditConfig(model=path, trigger=trigger, clean_samples=per_class, seed=seed), progress=lambda m: None)
     session.prepare()
     if session.errors:
         return {"error": "; ".join(session.errors.values())}
@@ -74,7 +77,7 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str) -> di
     if mode == "known":
         triggers = [known]
     else:
-        result = SCANS.get(scan).factory(session.handle, session.split, {}, 0, None)
+        result = SCANS.get(scan).factory(session.handle, session.split, {}, seed, None)
         flagged = session.flagged(result)
         out["flagged"] = flagged
         out["rec_asr"] = result.recovered_asr[flagged[0]] if flagged and result.recovered_asr else None
@@ -84,11 +87,11 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str) -> di
             out.update(before=before, seconds=time.perf_counter() - start)
             return out
     d_start = time.perf_counter()
-    defense_fit = defense_share(session.split.fit, RepairParams(), session.handle.num_classes, 0)
-    outcome = DEFENSES.get(defense).factory(session.handle, defense_fit, triggers, {}, 0, None)
+    defense_fit = defense_share(session.split.fit, RepairParams(), session.handle.num_classes, seed)
+    outcome = DEFENSES.get(defense).factory(session.handle, defense_fit, triggers, {}, seed, None)
     edited = session.measure(outcome.handle)
     targets = [t.target for t in triggers if t.target is not None]
-    repaired, stats = repair(session.handle, outcome.handle, session.split.fit, triggers, targets, RepairParams(), 0)
+    repaired, stats = repair(session.handle, outcome.handle, session.split.fit, triggers, targets, RepairParams(), seed)
     if mode != "known":
         out["rec_asr_before"] = recovered_asr(session.handle, session.split.eval, triggers)
         out["rec_asr_after"] = recovered_asr(repaired, session.split.eval, triggers)
@@ -143,36 +146,46 @@ RECOVERED = "recovered triggers' ASR before → after"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", default=BACKDOORED)
     parser.add_argument("--defenses", nargs="*", default=["activation-edit", "baerase", "nc-unlearn", "finetune"])
     parser.add_argument("--scans", nargs="*", default=["neural-cleanse", "generative"], help="scans for the no-backdoor-knowledge table")
     parser.add_argument("--no-recovered", action="store_true")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--per-class", nargs="*", type=int, default=[1, 5, 10, 50], help="budgets of the sweep")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2],
+                        help="seeds of the by-seed table (fit split, defense, repair); none: no table")
+    parser.add_argument("--seed-per-class", nargs="*", type=int, default=[10], help="budgets of the by-seed table")
     args = parser.parse_args()
     if args.child:
-        stem, defense, mode, per_class, scan = args.child
-        print(json.dumps(run_one(stem, defense, mode, int(per_class), scan), default=float))
+        stem, defense, mode, per_class, scan, seed = args.child
+        print(json.dumps(run_one(stem, defense, mode, int(per_class), scan, int(seed)), default=float))
         return
     print("### Known trigger, 10 clean samples per class\n")
     print(HEADER.format(label="defense", extra=FLOOR))
     for stem in args.models:
         for defense in args.defenses:
-            print(row(stem, defense, measure([stem, defense, "known", "10", "-"])), flush=True)
+            print(row(stem, defense, measure([stem, defense, "known", "10", "-", "0"])), flush=True)
     if not args.no_recovered:
         print(f"\n### Trigger recovered by the scan (no backdoor knowledge), {DEFAULT} + repair, 10 per class\n")
         print(HEADER.format(label="scan: flagged", extra=RECOVERED))
         for stem in args.models:
             for scan in args.scans:
-                r = measure([stem, DEFAULT, "recovered", "10", scan])
+                r = measure([stem, DEFAULT, "recovered", "10", scan, "0"])
                 print(row(stem, f"{scan}: {r.get('flagged', '')}", r), flush=True)
     if not args.no_sweep:
         print(f"\n### {DEFAULT} + repair, known trigger, by clean samples per class\n")
         print(HEADER.format(label="per class", extra=FLOOR))
         for stem in args.models:
             for n in args.per_class:
-                print(row(stem, str(n), measure([stem, DEFAULT, "known", str(n), "-"])), flush=True)
+                print(row(stem, str(n), measure([stem, DEFAULT, "known", str(n), "-", "0"])), flush=True)
+    if args.seeds:
+        print(f"\n### {DEFAULT} + repair, known trigger, by seed (which samples are drawn, and the defense's own draws)\n")
+        print(HEADER.format(label="per class, seed", extra=FLOOR))
+        for stem in args.models:
+            for n in args.seed_per_class:
+                for seed in args.seeds:
+                    print(row(stem, f"{n}, seed {seed}", measure([stem, DEFAULT, "known", str(n), "-", str(seed)])), flush=True)
 
 
 if __name__ == "__main__":
