@@ -89,6 +89,7 @@ path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
 @click.option("--repair-param", "repair_params", multiple=True, metavar="KEY=VALUE", help="Override a repair parameter (repeatable).")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Clean accuracy a model must reach.  [default: 0.80]")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), help="Clean accuracy the defense may cost.  [default: 0.02]")
+@click.option("--max-class-drop", type=click.FloatRange(0, 1), help="Accuracy the defense may cost any one class.  [default: 0.05]")
 @click.option("--anomaly-threshold", type=float, help="Anomaly index (MAD index of the log mask norms) above which a class is flagged.  [default: 2.5]")
 @click.option("--max-mask-ratio", type=click.FloatRange(0, 1), help="A flagged class's mask must also be at most this share of the median mask.  [default: 0.5]")
 @click.option("--min-generative-asr", type=click.FloatRange(0, 1), help="Generative scan: a candidate class is flagged when its sampled triggers reach this ASR.  [default: 0.8]")
@@ -103,7 +104,7 @@ path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
 @click.option("--max-file-bytes", type=click.IntRange(1), help="Refuse model files larger than this.  [default: 4 GiB]")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
 def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, trigger, clean_samples, seed,
-         scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop,
+         scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,
          anomaly_threshold, max_mask_ratio, min_generative_asr, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, config_file,
          max_file_bytes, quiet):
     """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors or .onnx).
@@ -118,7 +119,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
         trigger=trigger, clean_samples=clean_samples, seed=seed, scan=scan, scan_params=_key_values(scan_params, "--scan-param"),
         defense=defense, defense_params=_key_values(defense_params, "--defense-param"), repair=repair,
         repair_params=_key_values(repair_params, "--repair-param"), min_accuracy=min_accuracy,
-        max_accuracy_drop=max_accuracy_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, min_generative_asr=min_generative_asr, max_asr=max_asr, gate=gate,
+        max_accuracy_drop=max_accuracy_drop, max_class_drop=max_class_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, min_generative_asr=min_generative_asr, max_asr=max_asr, gate=gate,
         checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml,
         max_file_bytes=max_file_bytes, quiet=quiet,
     )

@@ -33,6 +33,7 @@ class AuditConfig:
     # thresholds: the checks' verdicts, never the scans'
     min_accuracy: float = 0.80
     max_accuracy_drop: float = 0.02
+    max_class_drop: float = 0.05
     anomaly_threshold: float = 2.5  # on the log-norm index; README, "Detection statistic"
     max_mask_ratio: float = 0.5
     min_generative_asr: float = 0.8
@@ -52,7 +53,7 @@ class AuditConfig:
             raise AuditorInputError("--clean-samples must be at least 1 (per class)")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
-        for name in ("min_accuracy", "max_accuracy_drop", "max_asr", "max_mask_ratio", "min_generative_asr"):
+        for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop", "max_asr", "max_mask_ratio", "min_generative_asr"):
             if not 0 <= getattr(self, name) <= 1:
                 raise AuditorInputError(f"{name} must be in [0, 1]")
 

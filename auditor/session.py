@@ -212,6 +212,7 @@ class AuditSession:
         out = {
             "c_acc": accuracy(pred, ev.y),
             "per_class_acc": per_class_accuracy(pred, ev.y, handle.num_classes),
+            "eval_per_class": torch.bincount(ev.y, minlength=handle.num_classes).tolist(),
             "asr": None, "asr_trigger": None, "target": None, "r_acc": None, "eval_samples": len(ev),
         }
         trigger = self.reference_trigger()

@@ -19,3 +19,39 @@ def check_accuracy_kept(stage, metrics, audit_session, audit_config):
         f"the defense cost {drop:.2%} clean accuracy ({before:.2%} -> {metrics['c_acc']:.2%}), "
         f"over the allowed {audit_config.max_accuracy_drop:.0%}"
     )
+
+
+# Below this many held-out images a class's accuracy moves in steps of more than 3 points, and one
+# image more or less would decide the verdict.
+MIN_EVAL_PER_CLASS = 30
+
+
+def check_class_accuracy_kept(stage, metrics, audit_session, audit_config, record_property):
+    """No class lost more than --max-class-drop accuracy to the defense (the target class included)."""
+    if stage == "before":
+        pytest.skip("compares the repaired model with the delivered one")
+    before = audit_session.metrics("before")
+    names = audit_session.handle.info.metadata.get("class_names") or []
+    drops = {
+        c: (b, a)
+        for c, (b, a, n) in enumerate(zip(before["per_class_acc"], metrics["per_class_acc"], metrics["eval_per_class"]))
+        if b is not None and a is not None and n >= MIN_EVAL_PER_CLASS
+    }
+    if not drops:
+        pytest.skip(f"no class has the {MIN_EVAL_PER_CLASS} evaluation samples its accuracy would be judged by")
+    worst = max(drops, key=lambda c: drops[c][0] - drops[c][1])
+    record_property("largest_class_drop", {"class": worst, "drop": round(drops[worst][0] - drops[worst][1], 4)})
+    over = sorted((c for c, (b, a) in drops.items() if b - a > audit_config.max_class_drop),
+                  key=lambda c: drops[c][1] - drops[c][0])
+
+    def label(c):
+        notes = ([names[c]] if c < len(names) else []) + (["the target"] if c == metrics.get("target") else [])
+        return f"class {c}" + (f" ({', '.join(notes)})" if notes else "")
+
+    assert not over, (
+        "the defense cost "
+        + "; ".join(f"{label(c)} {100 * (drops[c][0] - drops[c][1]):.1f} points ({drops[c][0]:.1%} -> {drops[c][1]:.1%})"
+                    for c in over)
+        + f" of accuracy, over the allowed {100 * audit_config.max_class_drop:g} points per class"
+        + f" (from >= {min(metrics['eval_per_class'][c] for c in over)} held-out images each)"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -21,7 +22,8 @@ from conftest import (AUDITOR_BIN, BADNETS_ONNX, BADNETS_PT, BADNETS_TRIGGER, CH
 
 OUTCOMES = {"passed", "failed", "error", "skipped"}
 BUILTIN_CHECKS = {"check_serialization_safety", "check_finite_logits", "check_class_count", "check_batch_size_invariance",
-                  "check_backend_agreement", "check_clean_accuracy", "check_accuracy_kept", "check_trigger_scan",
+                  "check_backend_agreement", "check_clean_accuracy", "check_accuracy_kept", "check_class_accuracy_kept",
+                  "check_trigger_scan",
                   "check_known_trigger_asr"}
 
 
@@ -215,6 +217,25 @@ def test_gate_after_follows_the_after_stage(tmp_path, case):
     assert data["exit_code"] == run.returncode
     assert data["verdict"] == ("pass" if all_after_passed else "fail")
     assert run.returncode == expected, after
+
+
+@pytest.mark.slow
+def test_class_accuracy_kept_names_every_class_over_the_limit(tmp_path):
+    # a 5-step nc-unlearn without repair moves some classes; with no drop allowed the check must
+    # fail and name exactly the classes whose held-out accuracy fell, worst first
+    run = run_auditor(tmp_path, BADNETS_PT, "--trigger", str(BADNETS_TRIGGER), "--gate", "after", *CHEAP_SCAN,
+                      "--no-repair", "--defense", "nc-unlearn", "--defense-param", "steps=5", "--max-class-drop", "0")
+    data = run.data
+    before, after = data["metrics"]["before"], data["metrics"]["after"]
+    assert after["eval_per_class"] == before["eval_per_class"] and min(after["eval_per_class"]) >= 30
+    drops = {c: b - a for c, (b, a) in enumerate(zip(before["per_class_acc"], after["per_class_acc"])) if b - a > 0}
+    assert drops, "the 5-step defense changed no class: the test cannot tell a failing check from a passing one"
+    check = _one(data, "check_class_accuracy_kept", "after")
+    assert check["outcome"] == "failed" and run.returncode == 1
+    named = [int(m) for m in re.findall(r"class (\d+)", check["message"])]
+    assert named == sorted(drops, key=lambda c: -drops[c])
+    assert _one(data, "check_class_accuracy_kept", "before")["outcome"] == "skipped"
+    assert data["config"]["max_class_drop"] == 0
 
 
 def test_gate_after_without_defense_falls_back_to_before(tmp_path, monkeypatch):
