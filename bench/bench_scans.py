@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_scans.py                    # every model, both scans
     .venv/bin/python bench/bench_scans.py --scans neural-cleanse --models clean_cnn badnets_cnn
+    .venv/bin/python bench/bench_scans.py --models clean_cnn clean_s2 clean_s3 clean_s4 clean_s5 clean_s6 --seeds 0 1 2
 
 For each model and scan (a fresh process each, so wall time and peak RSS are that scan's):
 flagged?, flagged classes vs the true target, top anomaly index, recovered-trigger ASR of the
@@ -26,18 +27,18 @@ def all_models() -> list[Path]:
     return [p for d in DIRS if d.is_dir() for p in sorted(d.glob("*.pt")) if ".repaired" not in p.name]
 
 
-def run_one(model: str, scan: str, per_class: str) -> dict:
+def run_one(model: str, scan: str, per_class: str, seed: str = "0") -> dict:
     """Child process: one scan of one model; prints a JSON line."""
     from auditor.config import AuditConfig
     from auditor.registry import SCANS
     from auditor.session import AuditSession
     import auditor.scans  # noqa: F401
 
-    session = AuditSession(AuditConfig(model=Path(model), scan=scan, clean_samples=int(per_class)), progress=lambda m: None)
+    session = AuditSession(AuditConfig(model=Path(model), scan=scan, clean_samples=int(per_class), seed=int(seed)), progress=lambda m: None)
     session.prepare()
     if session.errors:
         return {"error": "; ".join(session.errors.values())}
-    result = SCANS.get(scan).factory(session.handle, session.split, {}, 0, None)
+    result = SCANS.get(scan).factory(session.handle, session.split, {}, int(seed), None)
     flagged = session.flagged(result)
     meta = session.handle.info.metadata
     out = {"flagged": flagged, "target": (meta.get("trigger") or {}).get("target"),
@@ -49,9 +50,9 @@ def run_one(model: str, scan: str, per_class: str) -> dict:
     return out
 
 
-def measure(model: Path, scan: str, per_class: int) -> dict:
+def measure(model: Path, scan: str, per_class: int, seed: int = 0) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class), str(seed)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -78,10 +79,12 @@ def verdict(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", help="model stems (default: every fixture and zoo model)")
     parser.add_argument("--scans", nargs="*", default=["neural-cleanse", "generative"])
     parser.add_argument("--clean-samples", type=int, default=10, help="clean samples per class (default: the CLI default, 10)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0],
+                        help="seeds (which clean samples are drawn, and the scan's own); several: one row each")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child), default=float))
@@ -89,17 +92,18 @@ def main() -> None:
     models = [m for m in all_models() if not args.models or m.stem in args.models]
     print("| model | attack | target | scan | flagged | verdict | top anomaly index (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | wall (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for model in models:
+    for model, seed in ((m, s) for m in models for s in args.seeds):
+        name = model.stem if args.seeds == [0] else f"{model.stem}, seed {seed}"
         for scan in args.scans:
-            r = measure(model, scan, args.clean_samples)
+            r = measure(model, scan, args.clean_samples, seed)
             if "error" in r:
-                print(f"| {model.stem} | | | {scan} | | error: {r['error']} | | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
                 continue
             gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}%" for g in r["generative"]) or "—"
             target = "all-to-all" if r["all_to_all"] else ("—" if r["target"] is None else r["target"])
             rec = "—" if r["rec_asr"] is None else f"{100 * r['rec_asr']:.0f}%"
             warp = "—" if r["warp"] is None else "{1}: {0:.0f}%".format(*max((100 * a, c) for c, a in enumerate(r["warp"])))
-            print(f"| {model.stem} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
+            print(f"| {name} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
                   f"{r['top_index']:.2f} ({r['argmax']}) | {rec} | {gen} | {warp} | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
 
 

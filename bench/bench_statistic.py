@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODELS = ["clean_cnn", "clean_s2", "clean_s3", "badnets_cnn", "badnets5_left_t2", "blended_t4", "sig_t6", "wanet_t3",
+MODELS = ["clean_cnn", "clean_s2", "clean_s3", "clean_s4", "clean_s5", "clean_s6", "badnets_cnn", "badnets5_left_t2", "blended_t4", "sig_t6", "wanet_t3",
           "badnets_all2all"]
 CANDIDATES = [("raw", 2.0), ("log", 2.0), ("log", 2.5), ("log", 3.0)]
 
