@@ -6,7 +6,7 @@
 
 For each model and scan (a fresh process each, so wall time and peak RSS are that scan's):
 flagged?, flagged classes vs the true target, top anomaly index, recovered-trigger ASR of the
-flagged class, the generative candidates' sampled-trigger ASR, the class its warp search reaches most, wall time, peak RSS.
+flagged class, the generative candidates' sampled-trigger ASR (and patch size), the class its warp search reaches most, wall time, peak RSS.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> None:
             if "error" in r:
                 print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
                 continue
-            gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}%" for g in r["generative"]) or "—"
+            gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}% ({g['patch_size']}×{g['patch_size']})"
+                            for g in r["generative"]) or "—"
             target = "all-to-all" if r["all_to_all"] else ("—" if r["target"] is None else r["target"])
             rec = "—" if r["rec_asr"] is None else f"{100 * r['rec_asr']:.0f}%"
             warp = "—" if r["warp"] is None else "{1}: {0:.0f}%".format(*max((100 * a, c) for c, a in enumerate(r["warp"])))

@@ -106,10 +106,13 @@ def test_patch_box_finds_the_dense_window_despite_stray_pixels():
     mask[0, 1, 10] = mask[0, 26, 22] = mask[0, 10, 16] = 1.0  # ... and stray bright pixels far away
     size, top, left = patch_box(mask, GenerativeParams())
     assert size >= 4 and 11 <= top and top + size <= 16 and 1 <= left and left + size <= 6, (size, top, left)
-    corner = torch.zeros(1, 28, 28)
-    corner[0, 24:27, 24:27] = 1.0
-    assert patch_box(corner, GenerativeParams()) == (3, 24, 24)
-    assert patch_box(torch.zeros(1, 28, 28), GenerativeParams()) == (3, 12, 12)  # nothing: the centre
+    # an NC mask one pixel off a 3x3 corner trigger (rows/cols 24-26): a window of at least
+    # min_patch = 5 still holds the whole trigger
+    off = torch.zeros(1, 28, 28)
+    off[0, 25:27, 25:27] = 1.0
+    size, top, left = patch_box(off, GenerativeParams())
+    assert size == 5 and top <= 24 and top + size >= 27 and left <= 24 and left + size >= 27, (size, top, left)
+    assert patch_box(torch.zeros(1, 28, 28), GenerativeParams()) == (5, 11, 11)  # nothing: the centre
 
 
 def test_generative_scan_recovers_the_badnets_target_deterministically(badnets_handle, fmnist_split10):
