@@ -26,7 +26,7 @@ TARGET = 7  # the badnets fixture's true target class (badnets_cnn.trigger.json)
 
 # A scan budget that keeps the CLI runs that do not test the scan itself cheap: one step, so no class
 # converges and no class is flagged; with --trigger the known-trigger check still fails the model.
-CHEAP_SCAN = ["--scan-param", "max_steps=1"]
+CHEAP_SCAN = ["--scan", "neural-cleanse", "--scan-param", "max_steps=1"]
 
 
 def file_state(path: Path) -> tuple[bytes, int]:

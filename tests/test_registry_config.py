@@ -109,7 +109,7 @@ def test_defaults_when_nothing_given():
     cfg = build_config(_cli(), None)
     assert cfg.model == Path("m.pt")
     assert cfg.data == "fashion-mnist" and cfg.seed == 0 and cfg.clean_samples == 10
-    assert cfg.scan == "neural-cleanse" and cfg.defense == "activation-edit" and cfg.repair is True
+    assert cfg.scan == "generative" and cfg.defense == "activation-edit" and cfg.repair is True
     assert cfg.gate == "before" and cfg.anomaly_threshold == 2.5 and cfg.max_asr == 0.05
     assert cfg.scan_params == {} and cfg.checks_dirs == ()
 
