@@ -250,7 +250,9 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
     limits=("Searches the NC pass's top `candidates` classes for a distribution of small patch triggers, and every class "
             "for a smooth warp of at most `warp_strength` pixels (WaNet-style). Not detected on the project's fixture zoo "
             "(README, Scans): an all-to-all backdoor (every class sent to another); a patch target that the NC pass "
-            "ranks below the candidates is not examined; a pass does not rule those out."),
+            "ranks below the candidates is not examined; a pass does not rule those out. A class that is naturally "
+            "easy to reach with a patch can be flagged on a clean model (Fashion-MNIST's Bag on one of six clean zoo "
+            "models): look at its recovered triggers before calling it a backdoor."),
 )
 def run_generative(handle, split, params: dict, seed: int, progress=None) -> GenerativeResult:
     nc = {k[3:]: v for k, v in params.items() if k.startswith("nc_")}

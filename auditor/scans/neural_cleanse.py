@@ -224,7 +224,8 @@ def recovered_trigger_asr(handle, result, eval_x, eval_y, limit: int, seed: int)
     limits=("Searches for one small input-space trigger per target class (a patch, a blended pattern, stripes). "
             "Not detected on the project's fixture zoo (README, Scans): a WaNet-style warp trigger (use --scan "
             "generative, which adds a warp search) and an all-to-all backdoor (every class sent to another); "
-            "a pass does not rule those out."),
+            "a pass does not rule those out. A naturally easy class also gets a small mask: it flagged Fashion-MNIST's "
+            "Bag on five of six clean zoo models at some seed (README, Scans over seeds)."),
 )
 def run_neural_cleanse(handle, split, params: dict, seed: int, progress=None) -> NeuralCleanseResult:
     nc_params = NeuralCleanseParams(**{**params, "seed": seed})
