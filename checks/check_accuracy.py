@@ -32,17 +32,17 @@ def check_class_accuracy_kept(stage, metrics, audit_session, audit_config, recor
         pytest.skip("compares the repaired model with the delivered one")
     before = audit_session.metrics("before")
     names = audit_session.handle.info.metadata.get("class_names") or []
-    drops = {
+    accuracy = {
         c: (b, a)
         for c, (b, a, n) in enumerate(zip(before["per_class_acc"], metrics["per_class_acc"], metrics["eval_per_class"]))
         if b is not None and a is not None and n >= MIN_EVAL_PER_CLASS
     }
-    if not drops:
+    if not accuracy:
         pytest.skip(f"no class has the {MIN_EVAL_PER_CLASS} evaluation samples its accuracy would be judged by")
-    worst = max(drops, key=lambda c: drops[c][0] - drops[c][1])
-    record_property("largest_class_drop", {"class": worst, "drop": round(drops[worst][0] - drops[worst][1], 4)})
-    over = sorted((c for c, (b, a) in drops.items() if b - a > audit_config.max_class_drop),
-                  key=lambda c: drops[c][1] - drops[c][0])
+    drop = {c: b - a for c, (b, a) in accuracy.items()}
+    worst = max(drop, key=drop.get)
+    record_property("largest_class_drop", {"class": worst, "drop": round(drop[worst], 4)})
+    over = sorted((c for c in drop if drop[c] > audit_config.max_class_drop), key=lambda c: -drop[c])
 
     def label(c):
         notes = ([names[c]] if c < len(names) else []) + (["the target"] if c == metrics.get("target") else [])
@@ -50,8 +50,7 @@ def check_class_accuracy_kept(stage, metrics, audit_session, audit_config, recor
 
     assert not over, (
         "the defense cost "
-        + "; ".join(f"{label(c)} {100 * (drops[c][0] - drops[c][1]):.1f} points ({drops[c][0]:.1%} -> {drops[c][1]:.1%})"
-                    for c in over)
+        + "; ".join(f"{label(c)} {100 * drop[c]:.1f} points ({accuracy[c][0]:.1%} -> {accuracy[c][1]:.1%})" for c in over)
         + f" of accuracy, over the allowed {100 * audit_config.max_class_drop:g} points per class"
         + f" (from >= {min(metrics['eval_per_class'][c] for c in over)} held-out images each)"
     )
