@@ -242,15 +242,17 @@ class AuditSession:
 
     def recovered_triggers(self, result, cls) -> list:
         """The scan's triggers for a class: the sampled distribution and/or the warp (generative scan,
-        whichever flagged the class), or the NC mask/pattern."""
+        whichever flagged the class), or the NC mask/pattern. A class flagged by its sampled patches
+        also gets its NC mask/pattern, last: each defense picks the kind it unlearns best
+        (`base.drop_alternatives`)."""
         from .triggers import Trigger
 
-        out = [t for d in self.patch_hits(result) if d.target == cls for t in d.triggers(self.handle.input_shape)]
-        if cls in self.warp_hits(result):
-            out.append(result.warp.trigger(cls))
-        if out:
-            return out
-        return [Trigger(result.masks[cls], result.patterns[cls], cls, "recovered")]
+        nc = Trigger(result.masks[cls], result.patterns[cls], cls, "recovered")
+        sampled = [t for d in self.patch_hits(result) if d.target == cls for t in d.triggers(self.handle.input_shape)]
+        warp = [result.warp.trigger(cls)] if cls in self.warp_hits(result) else []
+        if not sampled and not warp:
+            return [nc]
+        return sampled + warp + ([nc] if sampled else [])
 
     # ---------------------------------------------------------------- defense
     def decide_defense(self, backdoor_failed: bool) -> None:
@@ -303,8 +305,11 @@ class AuditSession:
         repair_params = RepairParams(**cfg.repair_params)
         # with repair on, its held-out check share is kept from the defense (see defense_share)
         defense_fit = defense_share(fit, repair_params, self.handle.num_classes, cfg.seed) if cfg.repair else fit
-        self.progress(f"defense {entry.name}: unlearning {len(triggers)} trigger(s) with {len(defense_fit)} of the "
-                      f"{len(fit)} clean samples" + (" (the rest checks the repair)" if cfg.repair else ""))
+        targets = [str(c) for c in sorted({t.target for t in triggers if t.target is not None})]
+        targets += ["all-to-all"] if any(t.target is None for t in triggers) else []
+        self.progress(f"defense {entry.name}: unlearning the triggers for target(s) {', '.join(targets)} ({len(triggers)} known or "
+                      f"recovered) with {len(defense_fit)} of the {len(fit)} clean samples"
+                      + (" (the rest checks the repair)" if cfg.repair else ""))
         start = time.perf_counter()
         outcome = entry.factory(self.handle, defense_fit, triggers, cfg.defense_params, cfg.seed, self.progress)
         edited = outcome.handle

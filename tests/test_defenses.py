@@ -283,3 +283,23 @@ def test_activation_edit_auto_layer_follows_the_trigger_source(badnets_handle, f
     assert [e["views"] for e in warp_edit.stats["edits"]] == [0, 0]
     with pytest.raises(AuditorInputError, match="no trigger"):
         edit(badnets_handle, fmnist_split10.fit, [], {}, 0)
+
+
+def test_each_defense_picks_its_stand_in_for_a_generative_flag(badnets_handle, fmnist_split10, known_trigger):
+    # a class flagged by the generative scan comes with sampled patches AND its NC mask/pattern:
+    # activation-edit unlearns the NC one (or the patches with sampled=true), baerase the patches
+    from dataclasses import replace as dc_replace
+
+    from auditor.defenses.base import drop_alternatives
+
+    nc = dc_replace(known_trigger, source="recovered")  # kind "patch", like an NC mask/pattern
+    sampled = [dc_replace(known_trigger, source="recovered", kind="generative") for _ in range(3)]
+    other = dc_replace(known_trigger, source="recovered", kind="generative", target=(TARGET + 1) % 10)
+    given = sampled + [other, nc, known_trigger]
+    ids = lambda triggers: [id(t) for t in triggers]  # noqa: E731  (Trigger holds tensors: compare identities)
+    assert ids(drop_alternatives(given, drop="generative", keep="patch")) == ids([other, nc, known_trigger])
+    assert ids(drop_alternatives(given, drop="patch", keep="generative")) == ids(sampled + [other, known_trigger])
+    edit = DEFENSES.get("activation-edit").factory
+    default = edit(badnets_handle, fmnist_split10.fit, sampled + [nc], {}, 0)
+    assert default.stats["edits"][0]["triggers"] == 1
+    assert edit(badnets_handle, fmnist_split10.fit, sampled + [nc], {"sampled": True}, 0).stats["edits"][0]["triggers"] == 3

@@ -36,7 +36,7 @@ import torch
 from ..data import ImageSet
 from ..errors import AuditorInputError
 from ..registry import DEFENSES
-from .base import DefenseOutcome, augmented_views, stamp_random
+from .base import DefenseOutcome, augmented_views, drop_alternatives, stamp_random
 from .layers import layer_io, linear_layers
 
 RULES = ("regress", "project", "dampen")
@@ -53,6 +53,7 @@ class ActivationEditParams:
     copies: int = 2
     views: int | str = "auto"
     stamped_weight: float = 0.3
+    sampled: bool = False  # a class flagged by the generative scan: its sampled patches, not its NC mask
 
     def __post_init__(self):
         if not (self.layer == "auto" or isinstance(self.layer, int)):
@@ -173,6 +174,10 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
         raise AuditorInputError("activation-edit: the model has no linear layer to edit; use --defense nc-unlearn or baerase")
     if not triggers:
         raise AuditorInputError("activation-edit: no trigger (known or recovered) to unlearn")
+    # measured (README, Defenses): for a class the generative scan flagged, an edit against its NC
+    # mask/pattern left 0.46/1.65/18.4/13.6% true ASR on BadNets/5x5/Blended/SIG, against its 16
+    # sampled patches 0.77/4.1/41.2/36.6%
+    triggers = drop_alternatives(triggers, *(("patch", "generative") if p.sampled else ("generative", "patch")))
     if p.layer == "auto":
         first = [t for t in triggers if _edit_at_first_layer(t)]
         last = [t for t in triggers if not _edit_at_first_layer(t)]

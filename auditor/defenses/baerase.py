@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import DEFENSES
-from .base import DefenseOutcome, batches, stamp_random
+from .base import DefenseOutcome, batches, drop_alternatives, stamp_random
 from .repair import trainable_params
 
 
@@ -69,6 +69,7 @@ def baerase(handle, fit, triggers, params: dict, seed: int, progress=None) -> De
     p = BaeraseParams(**params)
     start = time.perf_counter()
     k = handle.num_classes
+    triggers = drop_alternatives(triggers, drop="patch", keep="generative")  # BAERASE unlearns the sampled distribution
     module = handle.copy_for_editing()
     trainable = trainable_params(module, p.scope)
     for q in trainable:

@@ -23,6 +23,14 @@ def per_class_fit_accuracy(handle: ModelHandle, data: ImageSet) -> list[float | 
     return per_class_accuracy(handle.predict(data.x, backend="torch"), data.y, handle.num_classes)
 
 
+def drop_alternatives(triggers, drop: str, keep: str) -> list:
+    """Without the recovered triggers of kind `drop` whose target also has a recovered trigger of kind
+    `keep`: a class the generative scan flagged comes with its sampled patches ("generative") and
+    its NC mask/pattern ("patch"), two stand-ins for one unknown trigger."""
+    covered = {t.target for t in triggers if t.source == "recovered" and t.kind == keep}
+    return [t for t in triggers if not (t.source == "recovered" and t.kind == drop and t.target in covered)]
+
+
 def batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
     """`steps` index batches drawn by reshuffled passes over n samples."""
     order = torch.randperm(n, generator=gen)
