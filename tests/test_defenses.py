@@ -303,3 +303,5 @@ def test_each_defense_picks_its_stand_in_for_a_generative_flag(badnets_handle, f
     default = edit(badnets_handle, fmnist_split10.fit, sampled + [nc], {}, 0)
     assert default.stats["edits"][0]["triggers"] == 1
     assert edit(badnets_handle, fmnist_split10.fit, sampled + [nc], {"sampled": True}, 0).stats["edits"][0]["triggers"] == 3
+    with pytest.raises(ValueError, match="sampled"):
+        edit(badnets_handle, fmnist_split10.fit, sampled + [nc], {"sampled": "maybe"}, 0)

@@ -60,6 +60,8 @@ class ActivationEditParams:
             raise ValueError("activation-edit: layer must be 'auto' or an index into the linear layers (0 first, -1 last)")
         if not (self.views == "auto" or (isinstance(self.views, int) and self.views >= 0)):
             raise ValueError("activation-edit: views must be 'auto' or a number >= 0 of shifted/mirrored copies per sample")
+        if not isinstance(self.sampled, bool):
+            raise ValueError("activation-edit: sampled must be true or false")
         if self.rule not in RULES:
             raise ValueError(f"activation-edit: rule must be one of {', '.join(RULES)}")
         if self.ridge <= 0 or self.directions < 1 or self.alpha <= 1 or self.copies < 1 or self.stamped_weight <= 0:
