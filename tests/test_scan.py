@@ -160,10 +160,12 @@ def test_warp_search_finds_the_wanet_target_and_not_a_clean_class(load, clean_ha
         assert torch.equal(v, state[k]), k
     assert max(range(10), key=lambda c: found.asr[c]) == 3 and found.asr[3] >= 0.8, found.asr
     assert sorted(found.asr)[-2] < 0.5, found.asr  # no other class comes near
-    # the recovered warp moves pixels by at most the bound in each direction (grid units: 1.5 px = 1.5 * 2 / 27)
+    # the recovered warp moves pixels by at most the bound in each direction (grid units: s px = s * 2 / 27)
+    from auditor.scans.generative import GenerativeParams
     from auditor.triggers import identity_grid
 
-    assert (found.grids - identity_grid(28, 28)).abs().max() <= 1.5 * 2 / 27 + 1e-5
+    bound = GenerativeParams().warp_strength
+    assert (found.grids - identity_grid(28, 28)).abs().max() <= bound * 2 / 27 + 1e-5
     assert found.trigger(3).grid.shape == (28, 28, 2) and found.trigger(3).target == 3
     again = _warp(wanet, fmnist_split10)
     assert torch.equal(again.grids, found.grids) and again.asr == found.asr

@@ -49,7 +49,7 @@ class GenerativeParams:
     asr_eval_samples: int = 500
     warp_steps: int = 80  # 0: no warp search
     warp_batch_size: int = 16
-    warp_strength: float = 1.5
+    warp_strength: float = 2.0  # 1.5 px missed the WaNet target at one seed of three (77% < 80%; README)
     warp_grid: int = 4
     warp_lr: float = 0.05
     seed: int = 0
