@@ -20,8 +20,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODELS = ["clean_cnn", "clean_s2", "clean_s3", "clean_s4", "clean_s5", "clean_s6", "badnets_cnn", "badnets5_left_t2", "blended_t4", "sig_t6", "wanet_t3",
-          "badnets_all2all"]
+MODELS = ["clean_cnn", "clean_s2", "clean_s3", "clean_s4", "clean_s5", "clean_s6", "badnets_cnn", "badnets5_left_t2",
+          "blended_t4", "sig_t6", "wanet_t3", "badnets_all2all"]
 CANDIDATES = [("raw", 2.0), ("log", 2.0), ("log", 2.5), ("log", 3.0)]
 
 from bench_defenses import model_path  # noqa: E402  (bench/ is on sys.path when a script in it runs)
