@@ -16,3 +16,19 @@ def test_generative_tables_flag_only_candidates_over_the_threshold():
     assert "FLAGGED" not in patch_table and "78.00%" in patch_table
     assert warp_table.count("FLAGGED") == 1 and "87.00%" in warp_table and "at most 1.5 px" in warp_table
     assert _generative_tables(result, {"flagged_classes": []}) == ""  # a Neural Cleanse result has neither
+
+
+def test_scan_section_says_who_flags():
+    # Neural Cleanse flags by its anomaly index; under the generative scan the same index only ranks
+    from auditor.report.html import _scan_section
+
+    result = {"config": {"min_generative_asr": 0.8, "anomaly_threshold": 2.5, "max_mask_ratio": 0.5},
+              "model": {"class_names": None}}
+    nc = {"method": "neural-cleanse", "flagged_classes": [], "norms": [40.0] * 10, "anomaly_index": [0.0] * 10,
+          "recovered_asr": None, "seconds": 1.0, "fit_samples": 100}
+    generative = dict(nc, method="generative", generative=[
+        {"target": 8, "patch_size": 8, "top": 1, "left": 0, "sample_asr_mean": 0.5, "sample_asr_min": 0.4,
+         "sample_asr_max": 0.6, "diversity": 0.1}])
+    assert "flagged above 2.5" in _scan_section(dict(result, scan=nc))
+    text = _scan_section(dict(result, scan=generative))
+    assert "flagged above" not in text and "only ranks the classes" in text

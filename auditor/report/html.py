@@ -168,11 +168,14 @@ def _scan_section(result: dict) -> str:
                     f"<td>{index:.2f} {bar}</td><td>{_pct(asr)}</td><td>{'FLAGGED' if flagged else ''}</td>{after_cells}</tr>")
     after_head = "<th>after: mask L1</th><th>after: anomaly index</th>" if after else ""
     generative = _generative_tables(result, scan)
+    # the generative scan only ranks classes by this index; its flags come from the tables below
+    verdict = (f"flagged above {threshold:g} when the mask is also at most {result['config']['max_mask_ratio']:g} × "
+               f"the median mask" if not generative else
+               "here it only ranks the classes: the generative scan flags a class by its sampled triggers or its warp (below)")
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
             f"smaller mask than the others: anomaly index = (median − log L1) / (1.4826 · MAD) over the classes' log mask "
-            f"norms (the log scale keeps a few huge masks from hiding a small one); flagged above {threshold:g} "
-            f"when the mask is also at most {result['config']['max_mask_ratio']:g} × the median mask. "
+            f"norms (the log scale keeps a few huge masks from hiding a small one); {verdict}. "
             f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
             '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'
             f"<th></th>{after_head}</tr>{''.join(rows)}</table>{generative}"
