@@ -179,7 +179,10 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
     # measured (README, Defenses; after repair): for classes the generative scan flagged, editing
     # against their NC masks/patterns left 0.84/0.46/23.7/17.9% true ASR on BadNets/5x5/Blended/SIG,
     # against their sampled patches 0.77/4.1/41.2/36.6%
-    triggers = drop_alternatives(triggers, *(("patch", "generative") if p.sampled else ("generative", "patch")))
+    if p.sampled:
+        triggers = drop_alternatives(triggers, drop="patch", keep="generative")
+    else:
+        triggers = drop_alternatives(triggers, drop="generative", keep="patch")
     if p.layer == "auto":
         first = [t for t in triggers if _edit_at_first_layer(t)]
         last = [t for t in triggers if not _edit_at_first_layer(t)]
