@@ -51,7 +51,7 @@ def pct(v):
 
 
 def audits(cases) -> None:
-    print("## Full audits (default settings: 10 clean samples per class, NC + activation-edit + repair)\n")
+    print("## Full audits (default settings: 10 clean samples per class, generative scan + activation-edit + repair)\n")
     print("| model | exit | flagged | top anomaly index | C-ACC before → after (%) | true ASR before → after (%) | scan before (s) | defense (s) | wall (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
