@@ -167,7 +167,7 @@ def print_summary(result: dict, config) -> None:
             click.echo(f"  {stage}: C-ACC {s['c_acc']:.2%}{asr}")
     outputs = (result.get("defense") or {}).get("outputs") or {}
     for kind, path in outputs.items():
-        click.echo(f"  repaired model ({kind}): {path}")
+        click.echo(f"  repaired model's metadata: {path}" if kind == "metadata" else f"  repaired model ({kind}): {path}")
     for label, path in (("HTML report", config.html), ("JSON", config.json), ("JUnit XML", config.junitxml)):
         if path:
             click.echo(f"  {label}: {path}")

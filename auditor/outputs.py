@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Callable
 import torch
 
 from .errors import AuditorInputError
-from .model import ModelHandle
+from .model import ModelHandle, ModelInfo
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], protected: tuple[Path, ...]) -> Path:
@@ -40,8 +41,33 @@ def export_onnx(module: torch.nn.Module, path: Path, input_shape: tuple[int, int
     )
 
 
-def write_repaired(handle: ModelHandle, source: ModelHandle, output_dir: Path, protected: tuple[Path, ...]) -> dict[str, Path]:
-    """Write `handle` in the format of the `source` file. Returns {"state_dict"|"onnx"|...: path}."""
+def repaired_metadata(info: ModelInfo, arch: str | None, arch_kwargs: dict, provenance: dict) -> dict:
+    """The metadata sidecar for the repaired files, so `auditor scan <stem>.repaired.pt` loads them
+    as the after stage did: the delivered model's sidecar, with the architecture, input size and
+    normalisation the audit resolved (from the command line or that sidecar). The delivered model's
+    own measurements (`metrics`) describe the delivered file, so they move under `repaired_from`."""
+    source = dict(info.metadata)
+    meta = {k: v for k, v in source.items() if k != "metrics"}
+    meta["auditor_metadata"] = 1
+    meta["name"] = f"{source.get('name') or Path(info.path).stem}.repaired"
+    meta.pop("arch", None)  # an ONNX or TorchScript file carries its graph; its weights file is an onnx2torch module's
+    if arch and info.format in ("state_dict", "safetensors"):
+        meta["arch"] = {"callable": arch, "kwargs": dict(arch_kwargs)}
+    channels, height, width = info.input_shape
+    inp = {**(source.get("input") or {}), "channels": channels, "height": height, "width": width}
+    if not any(note.startswith("normalisation unknown") for note in info.notes):
+        inp.update(mean=list(info.mean), std=list(info.std))
+    meta["input"] = inp
+    meta["num_classes"] = info.num_classes
+    meta["repaired_from"] = {"path": info.path, "sha256": info.sha256, **provenance,
+                             **({"delivered_metrics": source["metrics"]} if "metrics" in source else {})}
+    return meta
+
+
+def write_repaired(handle: ModelHandle, source: ModelHandle, output_dir: Path, protected: tuple[Path, ...],
+                   metadata: dict | None = None) -> dict[str, Path]:
+    """Write `handle` in the format of the `source` file, and `metadata` as its sidecar
+    `<stem>.repaired.json`. Returns {"state_dict"|"onnx"|...|"metadata": path}."""
     stem = Path(source.info.path).stem
     fmt = source.info.format
     module = handle.module
@@ -63,5 +89,8 @@ def write_repaired(handle: ModelHandle, source: ModelHandle, output_dir: Path, p
             output_dir / f"{stem}.repaired.onnx",
             lambda p: export_onnx(module, p, source.input_shape, input_name), protected,
         )
+    if metadata is not None:
+        text = json.dumps(metadata, indent=1)
+        written["metadata"] = atomic_write(output_dir / f"{stem}.repaired.json", lambda p: p.write_text(text), protected)
     handle.module.to(handle.device)
     return written

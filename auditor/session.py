@@ -282,7 +282,7 @@ class AuditSession:
     def _run_defense(self):
         from .defenses import RepairParams, defense_share, repair
         from .loading import load_model
-        from .outputs import write_repaired
+        from .outputs import repaired_metadata, write_repaired
         from .registry import DEFENSES
 
         cfg = self.config
@@ -324,15 +324,18 @@ class AuditSession:
             record.repair = stats
         record.seconds = time.perf_counter() - start
         self.timings["defense"] = record.seconds
+        info = self.handle.info
+        arch = cfg.arch or (info.metadata.get("arch", {}) or {}).get("callable")
+        kwargs = dict(cfg.arch_kwargs) or dict((info.metadata.get("arch", {}) or {}).get("kwargs", {}))
         protected = tuple(p for p in (cfg.model, cfg.paired_model, cfg.trigger, cfg.metadata) if p)
-        written = write_repaired(final, self.handle, cfg.output_dir, protected)
+        provenance = {"defense": entry.name, "defense_params": dict(cfg.defense_params), "repair": cfg.repair,
+                      "triggers": record.triggers, "seed": cfg.seed}
+        written = write_repaired(final, self.handle, cfg.output_dir, protected,
+                                 metadata=repaired_metadata(info, arch, kwargs, provenance))
         record.outputs = {k: str(v) for k, v in written.items()}
         self.progress(f"repaired model written: {', '.join(record.outputs.values())}")
         # The after stage audits the files as written, loaded back through the same fail-closed loader.
-        info = self.handle.info
-        reload_path = written.get("onnx") or next(iter(written.values()))
-        arch = cfg.arch or (info.metadata.get("arch", {}) or {}).get("callable")
-        kwargs = dict(cfg.arch_kwargs) or dict((info.metadata.get("arch", {}) or {}).get("kwargs", {}))
+        reload_path = written.get("onnx") or next(v for k, v in written.items() if k != "metadata")
         request = self._request(reload_path, arch=arch, arch_kwargs=kwargs, input_shape=info.input_shape,
                                 mean=info.mean, std=info.std, metadata_path=None)
         after = load_model(replace(request, path=Path(reload_path)))

@@ -149,10 +149,52 @@ def test_badnets_defense_outputs(badnets_e2e):
         assert path.parent == out_dir
         assert path != BADNETS_PT.resolve()
         assert path.read_bytes() != BADNETS_PT.read_bytes()
-    assert set(defense["outputs"]) == {"state_dict"}
+    assert set(defense["outputs"]) == {"state_dict", "metadata"}
     # the written state_dict is a plain weights file that loads back
     state = torch.load(defense["outputs"]["state_dict"], weights_only=True)
     assert set(state) == set(torch.load(BADNETS_PT, weights_only=True))
+
+
+def test_repaired_sidecar_does_not_invent_a_normalisation():
+    """A model audited with its normalisation unknown (assumed [0, 1]) gets a sidecar that leaves it
+    unknown, so a re-audit says so again instead of reading an assumption as a fact."""
+    from auditor.model import ModelInfo
+    from auditor.outputs import repaired_metadata
+
+    info = ModelInfo(path="m.pt", sha256="ab" * 32, format="state_dict", size_bytes=1, param_count=1,
+                     input_shape=(3, 32, 32), num_classes=10, mean=(0.0,) * 3, std=(1.0,) * 3, arch="resnet18",
+                     notes=("normalisation unknown: inputs assumed in [0, 1] (pass --mean/--std)",))
+    meta = repaired_metadata(info, "resnet18", {"num_classes": 10}, {"defense": "finetune"})
+    assert meta["input"] == {"channels": 3, "height": 32, "width": 32}
+    assert meta["arch"] == {"callable": "resnet18", "kwargs": {"num_classes": 10}} and meta["name"] == "m.repaired"
+    assert meta["repaired_from"] == {"path": "m.pt", "sha256": "ab" * 32, "defense": "finetune"}
+    known = repaired_metadata(ModelInfo(**{**info.__dict__, "notes": ()}), "resnet18", {}, {})
+    assert known["input"]["mean"] == [0.0] * 3 and known["input"]["std"] == [1.0] * 3
+
+
+@pytest.mark.slow
+def test_repaired_file_is_audited_again_as_is(badnets_e2e, tmp_path):
+    """The sidecar written next to the repaired weights carries what the after stage loaded them
+    with, so `auditor scan <stem>.repaired.pt` needs no --arch and measures what the after stage did."""
+    outputs = badnets_e2e.data["defense"]["outputs"]
+    weights, sidecar = Path(outputs["state_dict"]), Path(outputs["metadata"])
+    assert sidecar == weights.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    delivered = json.loads(BADNETS_PT.with_suffix(".json").read_text())
+    model = badnets_e2e.data["model"]
+    assert meta["arch"] == delivered["arch"] and meta["num_classes"] == 10
+    assert meta["input"]["mean"] == model["mean"] and meta["input"]["std"] == model["std"]
+    assert "metrics" not in meta  # the delivered model's numbers, not this file's
+    source = meta["repaired_from"]
+    assert source["sha256"] == model["sha256"] and source["defense"] == "activation-edit" and source["repair"] is True
+    assert source["delivered_metrics"] == delivered["metrics"]
+
+    again = run_auditor(tmp_path, weights, "--trigger", str(BADNETS_TRIGGER), "--defense", "none", *CHEAP_SCAN)
+    assert again.returncode in (0, 1), again.stderr
+    assert again.data["model"]["arch"] == model["arch"] and again.data["model"]["sha256"] != model["sha256"]
+    assert again.data["metrics"]["before"]["asr"] == badnets_e2e.data["metrics"]["after"]["asr"]
+    assert again.data["metrics"]["before"]["c_acc"] == badnets_e2e.data["metrics"]["after"]["c_acc"]
+    assert again.inputs_unchanged
 
 
 @pytest.mark.slow
@@ -266,6 +308,11 @@ def test_badnets_onnx_end_to_end(badnets_onnx_e2e):
     out = session.run(None, {inp.name: torch.rand(3, 1, 28, 28).numpy()})[0]
     assert out.shape == (3, 10)
     assert _one(data, "check_backend_agreement", "after")["outcome"] == "passed"
+    # its sidecar keeps the input facts; no architecture: the ONNX graph is its own, and the weights
+    # file written beside it belongs to the onnx2torch conversion, not to the delivered sidecar's arch
+    meta = json.loads(Path(outputs["metadata"]).read_text())
+    assert "arch" not in meta and meta["input"]["mean"] == data["model"]["mean"]
+    assert meta["repaired_from"]["sha256"] == data["model"]["sha256"]
     assert run.inputs_unchanged
 
 
