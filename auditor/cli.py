@@ -78,6 +78,7 @@ path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
 @click.option("--std", help="Per-channel normalisation std (comma-separated) when not in the metadata.")
 @click.option("--metadata", type=path_in, help="Metadata JSON (default: <model>.json beside the model, when it is an auditor metadata file).")
 @click.option("--paired-model", type=path_in, help="The same model in the other format (PyTorch or ONNX): their outputs must agree.")
+@click.option("--reference-model", type=path_in, help="A clean model of the same task you trust: the report says how far each suspect class's recovered triggers also work on it (evidence; the verdict does not change).")
 @click.option("--trigger", type=path_in, help="A known trigger spec (JSON): the true ASR is then measured and checked.")
 @click.option("--clean-samples", type=click.IntRange(1), help="Clean samples per class the scan, defense and repair may use (the fit split; the rest only evaluates).  [default: 10]")
 @click.option("--seed", type=int, help="Seed for splits, scans and defenses.  [default: 0]")
@@ -103,7 +104,7 @@ path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="auditor.toml, or a pyproject.toml with [tool.auditor].")
 @click.option("--max-file-bytes", type=click.IntRange(1), help="Refuse model files larger than this.  [default: 4 GiB]")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
-def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, trigger, clean_samples, seed,
+def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, reference_model, trigger, clean_samples, seed,
          scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,
          anomaly_threshold, max_mask_ratio, min_generative_asr, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, config_file,
          max_file_bytes, quiet):
@@ -116,6 +117,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
     cli_values = dict(
         model=model, data=data, arch=arch, arch_kwargs=_key_values(arch_args, "--arch-arg"), input_shape=_input_size(input_size),
         mean=_floats(mean, "--mean"), std=_floats(std, "--std"), metadata=metadata, paired_model=paired_model,
+        reference_model=reference_model,
         trigger=trigger, clean_samples=clean_samples, seed=seed, scan=scan, scan_params=_key_values(scan_params, "--scan-param"),
         defense=defense, defense_params=_key_values(defense_params, "--defense-param"), repair=repair,
         repair_params=_key_values(repair_params, "--repair-param"), min_accuracy=min_accuracy,

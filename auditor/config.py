@@ -21,6 +21,7 @@ class AuditConfig:
     std: tuple[float, ...] | None = None
     metadata: Path | None = None
     paired_model: Path | None = None
+    reference_model: Path | None = None  # a clean model of the same task: evidence in the report, no verdict
     trigger: Path | None = None
     clean_samples: int = 10  # per class: the whole clean-data budget of scan, defense and repair
     seed: int = 0
@@ -59,7 +60,7 @@ class AuditConfig:
 
 
 FILE_KEYS = {f.name for f in fields(AuditConfig)} - {"model", "checks_dirs", "output_dir", "html", "json", "junitxml"}
-PATH_KEYS = {"metadata", "paired_model", "trigger"}
+PATH_KEYS = {"metadata", "paired_model", "reference_model", "trigger"}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class AuditSession:
         self.split = None
         self.known_trigger = None
         self.paired = None
+        self.reference = None
+        self._carry_over: dict[int, dict[int, dict]] = {}
         self.timings: dict[str, float] = {}
         self._scans: dict[str, Any] = {}
         self._metrics: dict[str, dict] = {}
@@ -96,6 +98,11 @@ class AuditSession:
                 self.paired = load_model(self._request(cfg.paired_model))
             except AuditorInputError as exc:
                 self.errors["paired_model"] = str(exc)
+        if cfg.reference_model:
+            try:
+                self.reference = self._load_reference(cfg.reference_model)
+            except AuditorInputError as exc:
+                self.errors["reference_model"] = str(exc)
         try:
             data = conform(load_data(cfg.data), c, h, w, self.handle.num_classes)
             self.split = split(data, cfg.clean_samples, cfg.seed, self.handle.num_classes)
@@ -110,6 +117,18 @@ class AuditSession:
                 self.known_trigger = trigger
             except AuditorInputError as exc:
                 self.errors["trigger"] = str(exc)
+
+    def _load_reference(self, path: Path):
+        """The clean reference model: loaded fail-closed like the audited one (its own sidecar; the
+        command line's --arch/--input-size/--mean/--std apply to both), same input and classes."""
+        from .loading import load_model
+
+        self.progress(f"loading the reference model {path}")
+        reference = load_model(self._request(path, metadata_path=None))
+        if (reference.input_shape, reference.num_classes) != (self.handle.input_shape, self.handle.num_classes):
+            raise AuditorInputError(f"{path}: the reference model takes {reference.input_shape} and gives {reference.num_classes} "
+                                    f"classes; the audited model {self.handle.input_shape} and {self.handle.num_classes}")
+        return reference
 
     def _request(self, path: Path, **overrides):
         from .loading import LoadRequest
@@ -148,11 +167,13 @@ class AuditSession:
             from . import scans  # noqa: F401  (registers the scans)
 
             handle = self.model(stage)
-            self.require("data")
+            self.require("data", *(["reference_model"] if self.config.reference_model else []))
             entry = SCANS.get(self.config.scan)
             self.progress(f"{entry.name} scan of the {stage} model ({handle.num_classes} classes)")
             result = entry.factory(handle, self.split, self.config.scan_params, self.config.seed, self.progress)
             self.timings[f"scan_{stage}"] = result.seconds
+            if self.reference is not None:
+                self._carry_over[id(result)] = self._carry_over_rates(handle, result)
             flagged = self.flagged(result)
             self.progress(f"{entry.name} done in {result.seconds:.1f}s: flagged classes {flagged or 'none'}")
             self._scans[stage] = result
@@ -181,6 +202,28 @@ class AuditSession:
         return sorted((c for c, a in enumerate(idx)
                        if a > self.config.anomaly_threshold and norms[c] <= self.config.max_mask_ratio * median),
                       key=lambda c: -idx[c])
+
+    def carry_over(self, result) -> dict[int, dict]:
+        """With a reference model: per flagged class, its recovered triggers' ASR on the scanned model
+        and on the reference. Evidence for a person, not a verdict: a planted patch, blend or warp
+        trigger does not carry over to a model trained without it (0-1% on the zoo) while a feature
+        of the data does (Fashion-MNIST's Bag: 29-50%), but so does much of SIG's (7-44%, by
+        reference): no share separates the two (README, "A clean reference model")."""
+        return self._carry_over.get(id(result), {})
+
+    def _carry_over_rates(self, handle, result) -> dict[int, dict]:
+        """Per flagged class: its recovered triggers' mean ASR on the scanned model and on the
+        reference, both on the audit's clean fit samples."""
+        from .metrics import attack_success_rate
+
+        fit = self.split.fit
+        rates = {}
+        for c in self.flagged(result):
+            triggers = self.recovered_triggers(result, c)
+            stamped = [t.apply(fit.x) for t in triggers]
+            rate = lambda h: sum(attack_success_rate(h.predict(x), fit.y, c) for x in stamped) / len(stamped)  # noqa: E731
+            rates[c] = {"asr": rate(handle), "reference_asr": rate(self.reference)}
+        return rates
 
     def patch_hits(self, result) -> list:
         """The generative scan's candidate distributions that reach the threshold, in NC order."""

@@ -7,6 +7,10 @@
 For each model and scan (a fresh process each, so wall time and peak RSS are that scan's):
 flagged?, flagged classes vs the true target, top anomaly index, recovered-trigger ASR of the
 flagged class, the generative candidates' sampled-trigger ASR (and patch size), the class its warp search reaches most, wall time, peak RSS.
+With `--reference STEM` (a clean model of the same task) the generative candidates' sampled
+triggers are also tried on that model: a natural feature of the data carries over to another
+clean model, a planted trigger should not.
+    .venv/bin/python bench/bench_scans.py --scans generative --reference clean_cnn --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -27,7 +31,24 @@ def all_models() -> list[Path]:
     return [p for d in DIRS if d.is_dir() for p in sorted(d.glob("*.pt")) if ".repaired" not in p.name]
 
 
-def run_one(model: str, scan: str, per_class: str, seed: str = "0") -> dict:
+def transfer(session, result, reference: Path) -> list[str]:
+    """Per generative candidate: its sampled triggers' mean ASR on the reference model and on the
+    audited one, both on the audit's own clean samples."""
+    from auditor.loading import LoadRequest, load_model
+    from auditor.metrics import attack_success_rate
+
+    ref = load_model(LoadRequest(path=reference))
+    x, y = session.split.fit.x, session.split.fit.y
+    out = []
+    for d in getattr(result, "distributions", []):
+        triggers = d.triggers(session.handle.input_shape)[:16]
+        rate = lambda h: sum(attack_success_rate(h.predict(t.apply(x)), y, d.target) for t in triggers) / len(triggers)  # noqa: E731
+        own, other = rate(session.handle), rate(ref)
+        out.append(f"{d.target}: {100 * other:.0f}% of {100 * own:.0f}%")
+    return out
+
+
+def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: str = "-") -> dict:
     """Child process: one scan of one model; prints a JSON line."""
     from auditor.config import AuditConfig
     from auditor.registry import SCANS
@@ -47,12 +68,15 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0") -> dict:
            "rec_asr": result.recovered_asr[flagged[0]] if flagged and result.recovered_asr else None,
            "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds,
            "warp": result.warp.asr if getattr(result, "warp", None) is not None else None}
+    if reference != "-" and Path(reference).resolve() != Path(model).resolve():
+        out["transfer"] = transfer(session, result, Path(reference))
     return out
 
 
-def measure(model: Path, scan: str, per_class: int, seed: int = 0) -> dict:
+def measure(model: Path, scan: str, per_class: int, seed: int = 0, reference: Path | None = None) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class), str(seed)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class), str(seed), str(reference or "-")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -79,33 +103,41 @@ def verdict(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", help="model stems (default: every fixture and zoo model)")
     parser.add_argument("--scans", nargs="*", default=["neural-cleanse", "generative"])
     parser.add_argument("--clean-samples", type=int, default=10, help="clean samples per class (default: the CLI default, 10)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0],
                         help="seeds (which clean samples are drawn, and the scan's own); several: one row each")
+    parser.add_argument("--reference", help="a clean model's stem: try the generative candidates' sampled triggers on it too")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child), default=float))
         return
     models = [m for m in all_models() if not args.models or m.stem in args.models]
-    print("| model | attack | target | scan | flagged | verdict | top anomaly index (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | wall (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    reference = next((m for m in all_models() if m.stem == args.reference), None)
+    if args.reference and reference is None:
+        raise SystemExit(f"no fixture model {args.reference}")
+    ref_col = f" sampled triggers' ASR on {args.reference} (of the audited model's) |" if reference else ""
+    print("| model | attack | target | scan | flagged | verdict | top anomaly index (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class |"
+          f"{ref_col} wall (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
     for model, seed in ((m, s) for m in models for s in args.seeds):
         name = model.stem if args.seeds == [0] else f"{model.stem}, seed {seed}"
         for scan in args.scans:
-            r = measure(model, scan, args.clean_samples, seed)
+            r = measure(model, scan, args.clean_samples, seed, reference)
             if "error" in r:
-                print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                print(f"| {name} | | | {scan} | | error: {r['error']} | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
+                      flush=True)
                 continue
             gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}% ({g['patch_size']}×{g['patch_size']})"
                             for g in r["generative"]) or "—"
             target = "all-to-all" if r["all_to_all"] else ("—" if r["target"] is None else r["target"])
             rec = "—" if r["rec_asr"] is None else f"{100 * r['rec_asr']:.0f}%"
             warp = "—" if r["warp"] is None else "{1}: {0:.0f}%".format(*max((100 * a, c) for c, a in enumerate(r["warp"])))
+            ref = f" {', '.join(r.get('transfer') or []) or '—'} |" if reference else ""
             print(f"| {name} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
-                  f"{r['top_index']:.2f} ({r['argmax']}) | {rec} | {gen} | {warp} | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                  f"{r['top_index']:.2f} ({r['argmax']}) | {rec} | {gen} | {warp} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

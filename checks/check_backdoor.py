@@ -13,26 +13,35 @@ def check_trigger_scan(scan, audit_session, audit_config, record_property):
         worst = flagged[0]
         names = audit_session.handle.info.metadata.get("class_names") or []
         label = f"{worst} ({names[worst]})" if worst < len(names) else str(worst)
+        also = _carry_over_note(audit_session.carry_over(scan))
         for dist in audit_session.patch_hits(scan):
             if dist.target == worst:
                 raise AssertionError(
                     f"possible backdoor: class {label}: {len(dist.sample_asr)} sampled {dist.size}x{dist.size} triggers "
                     f"reach {sum(dist.sample_asr) / len(dist.sample_asr):.0%} ASR on held-out samples "
                     f"(>= {audit_config.min_generative_asr:.0%}; NC anomaly index {scan.anomaly_index[worst]:.2f}); "
-                    f"flagged classes: {flagged}"
+                    f"flagged classes: {flagged}{also}"
                 )
         if worst in audit_session.warp_hits(scan):
             raise AssertionError(
                 f"possible backdoor: class {label}: a smooth warp of at most {scan.warp.strength:g} px sends "
                 f"{scan.warp.asr[worst]:.0%} of held-out samples to it (>= {audit_config.min_generative_asr:.0%}; "
-                f"a WaNet-style trigger); flagged classes: {flagged}"
+                f"a WaNet-style trigger); flagged classes: {flagged}{also}"
             )
         raise AssertionError(
             f"possible backdoor: class {label} has anomaly index {scan.anomaly_index[worst]:.2f} > "
             f"{audit_config.anomaly_threshold:g} (trigger mask L1 {scan.norms[worst]:.1f} vs median {median:.1f}, "
             f"recovered-trigger ASR {scan.recovered_asr[worst]:.0%}); flagged classes: {flagged}"
-            + _compared_with_delivered(scan, audit_session, worst)
+            + _compared_with_delivered(scan, audit_session, worst) + also
         )
+
+
+def _carry_over_note(rates: dict) -> str:
+    """With --reference-model: how far each flagged class's triggers also work on the clean reference."""
+    if not rates:
+        return ""
+    parts = [f"class {c} {100 * r['reference_asr']:.0f}% (here {100 * r['asr']:.0f}%)" for c, r in rates.items()]
+    return f"; the same triggers on the reference model: {', '.join(parts)}"
 
 
 def _compared_with_delivered(scan, audit_session, cls: int) -> str:

@@ -342,6 +342,37 @@ def test_malicious_pickle(tmp_path, monkeypatch):
     assert _repaired_files(tmp_path) == []
 
 
+def test_reference_model_of_another_task_is_an_input_error(tmp_path, monkeypatch):
+    from auditor.zoo import small_cnn
+
+    reference = tmp_path / "five_classes.pt"
+    torch.save(small_cnn(num_classes=5).state_dict(), reference)
+    reference.with_suffix(".json").write_text(json.dumps({
+        "auditor_metadata": 1, "arch": {"callable": "auditor.zoo:small_cnn", "kwargs": {"num_classes": 5}},
+        "input": {"channels": 1, "height": 28, "width": 28}}))
+    result = invoke(tmp_path, monkeypatch, BADNETS_PT, "--reference-model", reference, *CHEAP_SCAN)
+    _assert_input_error(result, "five_classes.pt", "5 classes")
+    assert _repaired_files(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_reference_model_shows_which_flags_carry_over(tmp_path):
+    """A planted trigger does not work on a clean model of the same task; Fashion-MNIST's naturally
+    easy Bag class (flagged second on this model) does. Reported as evidence; the verdict stands."""
+    run = run_auditor(tmp_path, BADNETS_PT, "--reference-model", str(CLEAN_PT), "--defense", "none")
+    assert run.returncode == 1, run.stderr
+    scan = run.data["scan"]
+    assert scan["flagged_classes"][:1] == [TARGET] and scan["reference_model"] == str(CLEAN_PT)
+    rates = scan["carry_over"]
+    assert set(rates) == {str(c) for c in scan["flagged_classes"]}
+    assert rates[str(TARGET)]["reference_asr"] <= 0.05 <= 0.8 <= rates[str(TARGET)]["asr"]
+    assert all(r["reference_asr"] >= 0.2 for c, r in rates.items() if c != str(TARGET))
+    message = _one(run.data, "check_trigger_scan")["message"]
+    assert "on the reference model: class 7 0%" in message
+    assert "Reference model" in run.html_path.read_text()
+    assert run.inputs_unchanged
+
+
 def test_nonexistent_model(tmp_path, monkeypatch):
     result = invoke(tmp_path, monkeypatch, tmp_path / "ghost.pt")
     _assert_input_error(result, "ghost.pt", "no such file")

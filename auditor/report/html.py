@@ -150,6 +150,18 @@ def _generative_tables(result: dict, scan: dict) -> str:
     return generative
 
 
+def _reference_paragraph(result: dict, scan: dict) -> str:
+    if not scan.get("reference_model"):
+        return ""
+    rates = scan.get("carry_over") or {}
+    lines = "".join(f"<li>{_class_label(result, int(c))}: its recovered triggers send {_pct(r['reference_asr'])} of the clean "
+                    f"samples to it on the reference model, {_pct(r['asr'])} on this one</li>" for c, r in rates.items())
+    return (f"<p>Reference model <code>{escape(scan['reference_model'])}</code> (a clean model of the same task). A planted "
+            "patch, blend or warp trigger hardly works on a model trained without it (0–1% on our zoo); a feature of the "
+            "data does (29–50%), and so, by reference, did much of a SIG trigger (7–44%): evidence to weigh, not a verdict. "
+            + (f"</p><ul>{lines}</ul>" if lines else "No class was flagged.</p>"))
+
+
 def _scan_section(result: dict) -> str:
     scan = result.get("scan")
     if not scan:
@@ -178,7 +190,7 @@ def _scan_section(result: dict) -> str:
             f"norms (the log scale keeps a few huge masks from hiding a small one); {verdict}. "
             f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
             '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'
-            f"<th></th>{after_head}</tr>{''.join(rows)}</table>{generative}"
+            f"<th></th>{after_head}</tr>{''.join(rows)}</table>{generative}{_reference_paragraph(result, scan)}"
             + (f'<p class="limits"><b>What this scan cannot see:</b> {escape(scan["limits"])}</p>' if scan.get("limits") else ""))
 
 

@@ -51,6 +51,9 @@ def verdict_and_exit(records, session, pytest_exit: int | None, collected: int, 
 def _scan_dict(session, result) -> dict:
     flagged = session.flagged(result)
     out = {"flagged_classes": flagged, **result.summary(), "limits": SCANS.limits(result.method)}
+    if session.reference is not None:
+        out["reference_model"] = str(session.config.reference_model)
+        out["carry_over"] = {str(c): r for c, r in session.carry_over(result).items()}
     return _round(out)
 
 
@@ -78,6 +81,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
                    "repair": cfg.repair, "min_accuracy": cfg.min_accuracy, "max_accuracy_drop": cfg.max_accuracy_drop,
                    "max_class_drop": cfg.max_class_drop,
                    "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "min_generative_asr": cfg.min_generative_asr, "max_asr": cfg.max_asr,
+                   "reference_model": str(cfg.reference_model) if cfg.reference_model else None,
                    "trigger": str(cfg.trigger) if cfg.trigger else None},
         "versions": versions(),
         "timings": _round(dict(session.timings), 2),
