@@ -159,7 +159,7 @@ class AuditSession:
             return Path(self.config.model)
         self._after()
         outputs = self.defense.outputs
-        return Path(outputs.get("onnx") or next(iter(outputs.values())))
+        return Path(outputs.get("onnx") or next(v for k, v in outputs.items() if k != "metadata"))
 
     def scan(self, stage: str):
         if stage not in self._scans:
@@ -370,7 +370,7 @@ class AuditSession:
         info = self.handle.info
         arch = cfg.arch or (info.metadata.get("arch", {}) or {}).get("callable")
         kwargs = dict(cfg.arch_kwargs) or dict((info.metadata.get("arch", {}) or {}).get("kwargs", {}))
-        protected = tuple(p for p in (cfg.model, cfg.paired_model, cfg.trigger, cfg.metadata) if p)
+        protected = tuple(p for p in (cfg.model, cfg.paired_model, cfg.reference_model, cfg.trigger, cfg.metadata) if p)
         provenance = {"defense": entry.name, "defense_params": dict(cfg.defense_params), "repair": cfg.repair,
                       "triggers": record.triggers, "seed": cfg.seed}
         written = write_repaired(final, self.handle, cfg.output_dir, protected,
