@@ -207,7 +207,7 @@ class AuditSession:
         """With a reference model: per flagged class, its recovered triggers' ASR on the scanned model
         and on the reference. Evidence for a person, not a verdict: a planted patch, blend or warp
         trigger does not carry over to a model trained without it (0-1% on the zoo) while a feature
-        of the data does (Fashion-MNIST's Bag: 29-50%), but so does much of SIG's (7-44%, by
+        of the data does (Fashion-MNIST's Bag: 28-50%), but so does much of SIG's (7-44%, by
         reference): no share separates the two (README, "A clean reference model")."""
         return self._carry_over.get(id(result), {})
 

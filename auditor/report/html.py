@@ -158,7 +158,7 @@ def _reference_paragraph(result: dict, scan: dict) -> str:
                     f"samples to it on the reference model, {_pct(r['asr'])} on this one</li>" for c, r in rates.items())
     return (f"<p>Reference model <code>{escape(scan['reference_model'])}</code> (a clean model of the same task). A planted "
             "patch, blend or warp trigger hardly works on a model trained without it (0–1% on our zoo); a feature of the "
-            "data does (29–50%), and so, by reference, did much of a SIG trigger (7–44%): evidence to weigh, not a verdict. "
+            "data does (28–50%), and so, by reference, did much of a SIG trigger (7–44%): evidence to weigh, not a verdict. "
             + (f"</p><ul>{lines}</ul>" if lines else "No class was flagged.</p>"))
 
 
