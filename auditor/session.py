@@ -66,6 +66,7 @@ class AuditSession:
         self.paired = None
         self.reference = None
         self._carry_over: dict[int, dict[int, dict]] = {}
+        self._strongest = None  # reference_trigger() without a known one
         self.timings: dict[str, float] = {}
         self._scans: dict[str, Any] = {}
         self._metrics: dict[str, dict] = {}
@@ -281,7 +282,19 @@ class AuditSession:
         flagged = self.flagged(result)
         if not flagged:
             return None
-        return self.recovered_triggers(result, flagged[0])[0]
+        if self._strongest is None:
+            self._strongest = self._strongest_trigger(self.recovered_triggers(result, flagged[0]))
+        return self._strongest
+
+    def _strongest_trigger(self, triggers):
+        """Of a class's recovered triggers (16 sampled patches, a warp, a mask), the one that works best on
+        the delivered model, judged on the fit samples (the evaluation split chooses nothing): the first
+        sampled patch was an arbitrary pick, 75% on the ResNet-18 whose patches averaged 91%."""
+        from .metrics import attack_success_rate
+
+        fit = self.split.fit
+        rates = [attack_success_rate(self.handle.predict(t.apply(fit.x)), fit.y, t.target) for t in triggers]
+        return triggers[max(range(len(triggers)), key=lambda i: rates[i])]
 
     def recovered_triggers(self, result, cls) -> list:
         """The scan's triggers for a class: the sampled distribution and/or the warp (generative scan,

@@ -171,3 +171,19 @@ def test_warp_search_finds_the_wanet_target_and_not_a_clean_class(load, clean_ha
     assert torch.equal(again.grids, found.grids) and again.asr == found.asr
     clean = _warp(clean_handle, fmnist_split10)
     assert max(clean.asr) < 0.5, clean.asr
+
+
+def test_estimated_asr_uses_the_strongest_recovered_trigger():
+    """Without --trigger the report's ASR comes from the flagged class's recovered triggers: the one
+    that works best on the delivered model's fit samples, whatever its place in the list."""
+    from auditor.config import AuditConfig
+    from auditor.session import AuditSession
+    from auditor.triggers import load_trigger
+
+    from conftest import BADNETS_PT, BADNETS_TRIGGER
+
+    session = AuditSession(AuditConfig(model=BADNETS_PT), progress=lambda m: None)
+    session.prepare()
+    real = load_trigger(BADNETS_TRIGGER, 1, 28, 28)
+    blank = replace(real, mask=torch.zeros_like(real.mask), source="recovered")
+    assert session._strongest_trigger([blank, real, blank]) is real
