@@ -215,16 +215,19 @@ class AuditSession:
     def _carry_over_rates(self, handle, result) -> dict[int, dict]:
         """Per flagged class: its recovered triggers' mean ASR on the scanned model and on the
         reference, both on the audit's clean fit samples."""
-        from .metrics import attack_success_rate
-
-        fit = self.split.fit
         rates = {}
         for c in self.flagged(result):
             triggers = self.recovered_triggers(result, c)
-            stamped = [t.apply(fit.x) for t in triggers]
-            rate = lambda h: sum(attack_success_rate(h.predict(x), fit.y, c) for x in stamped) / len(stamped)  # noqa: E731
+            rate = lambda h: sum(self._fit_asr(h, t, c) for t in triggers) / len(triggers)  # noqa: E731
             rates[c] = {"asr": rate(handle), "reference_asr": rate(self.reference)}
         return rates
+
+    def _fit_asr(self, handle, trigger, target) -> float:
+        """The share of the audit's clean fit samples (not of `target`) that `trigger` sends to `target`."""
+        from .metrics import attack_success_rate
+
+        fit = self.split.fit
+        return attack_success_rate(handle.predict(trigger.apply(fit.x)), fit.y, target)
 
     def patch_hits(self, result) -> list:
         """The generative scan's candidate distributions that reach the threshold, in NC order."""
@@ -290,11 +293,7 @@ class AuditSession:
         """Of a class's recovered triggers (16 sampled patches, a warp, a mask), the one that works best on
         the delivered model, judged on the fit samples (the evaluation split chooses nothing): the first
         sampled patch was an arbitrary pick, 75% on the ResNet-18 whose patches averaged 91%."""
-        from .metrics import attack_success_rate
-
-        fit = self.split.fit
-        rates = [attack_success_rate(self.handle.predict(t.apply(fit.x)), fit.y, t.target) for t in triggers]
-        return triggers[max(range(len(triggers)), key=lambda i: rates[i])]
+        return max(triggers, key=lambda t: self._fit_asr(self.handle, t, t.target))
 
     def recovered_triggers(self, result, cls) -> list:
         """The scan's triggers for a class: the sampled distribution and/or the warp (generative scan,
