@@ -64,6 +64,12 @@ def repaired_metadata(info: ModelInfo, arch: str | None, arch_kwargs: dict, prov
     return meta
 
 
+def repaired_model_file(outputs: dict):
+    """Of what write_repaired wrote, the model file the after stage audits: the ONNX export when there is
+    one (the file as it will run), else the weights file; never the metadata sidecar."""
+    return outputs.get("onnx") or next(v for k, v in outputs.items() if k != "metadata")
+
+
 def write_repaired(handle: ModelHandle, source: ModelHandle, output_dir: Path, protected: tuple[Path, ...],
                    metadata: dict | None = None) -> dict[str, Path]:
     """Write `handle` in the format of the `source` file, and `metadata` as its sidecar

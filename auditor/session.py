@@ -159,8 +159,9 @@ class AuditSession:
         if stage == "before":
             return Path(self.config.model)
         self._after()
-        outputs = self.defense.outputs
-        return Path(outputs.get("onnx") or next(v for k, v in outputs.items() if k != "metadata"))
+        from .outputs import repaired_model_file
+
+        return Path(repaired_model_file(self.defense.outputs))
 
     def scan(self, stage: str):
         if stage not in self._scans:
@@ -337,7 +338,7 @@ class AuditSession:
     def _run_defense(self):
         from .defenses import RepairParams, defense_share, repair
         from .loading import load_model
-        from .outputs import repaired_metadata, write_repaired
+        from .outputs import repaired_metadata, repaired_model_file, write_repaired
         from .registry import DEFENSES
 
         cfg = self.config
@@ -390,7 +391,7 @@ class AuditSession:
         record.outputs = {k: str(v) for k, v in written.items()}
         self.progress(f"repaired model written: {', '.join(record.outputs.values())}")
         # The after stage audits the files as written, loaded back through the same fail-closed loader.
-        reload_path = written.get("onnx") or next(v for k, v in written.items() if k != "metadata")
+        reload_path = repaired_model_file(written)
         request = self._request(reload_path, arch=arch, arch_kwargs=kwargs, input_shape=info.input_shape,
                                 mean=info.mean, std=info.std, metadata_path=None)
         after = load_model(replace(request, path=Path(reload_path)))
