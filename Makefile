@@ -13,8 +13,8 @@ setup: $(STAMP)
 # torch/torchvision pinned here (the releases on this machine's disk); pyproject keeps a range.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet --no-cache-dir -e '.[test]'
 	touch $(STAMP)
 
 # The backdoored model must fail the gate (exit 1) and be repaired; the clean one must pass (exit 0).
