@@ -305,3 +305,58 @@ def test_each_defense_picks_its_stand_in_for_a_generative_flag(badnets_handle, f
     assert edit(badnets_handle, fmnist_split10.fit, sampled + [nc], {"sampled": True}, 0).stats["edits"][0]["triggers"] == 3
     with pytest.raises(ValueError, match="sampled"):
         edit(badnets_handle, fmnist_split10.fit, sampled + [nc], {"sampled": "maybe"}, 0)
+
+
+def _lower_target_logit(handle, target, by):
+    module = handle.copy_for_editing()
+    with torch.no_grad():
+        module.classifier[3].bias[target] -= by
+    return handle.derived(module)
+
+
+def test_boundary_drop_reads_a_lowered_target_logit_and_the_shift_gives_it_back(badnets_handle, fmnist_split):
+    from auditor.defenses.recalibrate import boundary_drop, shift_target_logits
+
+    x = fmnist_split.eval.x[:300]
+    lowered = _lower_target_logit(badnets_handle, TARGET, 0.5)
+    assert boundary_drop(badnets_handle, lowered, x, TARGET) == pytest.approx(0.5, abs=1e-4)
+    assert boundary_drop(badnets_handle, badnets_handle, x, TARGET) == pytest.approx(0.0, abs=1e-6)
+    # another class's bias moves class 7's margin only through the log-sum-exp, much less
+    assert abs(boundary_drop(badnets_handle, _lower_target_logit(badnets_handle, 3, 0.5), x, TARGET)) < 0.2
+    restored = shift_target_logits(lowered, {TARGET: 0.5})
+    assert torch.allclose(restored.logits(x, backend="torch"), badnets_handle.logits(x, backend="torch"), atol=1e-5)
+    assert torch.allclose(lowered.logits(x, backend="torch")[:, TARGET] + 0.5, restored.logits(x, backend="torch")[:, TARGET],
+                          atol=1e-5)
+
+
+def test_no_shift_where_the_output_is_not_a_linear_layer(badnets_handle):
+    from auditor.defenses.recalibrate import output_layer, shift_target_logits
+
+    assert output_layer(badnets_handle, badnets_handle.copy_for_editing()) is not None
+    with_softmax = badnets_handle.derived(torch.nn.Sequential(badnets_handle.copy_for_editing(), torch.nn.Softmax(1)))
+    assert output_layer(with_softmax, with_softmax.copy_for_editing()) is None
+    assert shift_target_logits(with_softmax, {TARGET: 0.5}) is None
+
+
+def test_activation_edit_recalibrates_only_the_target_logit(badnets_handle, fmnist_split10, known_trigger):
+    edit = DEFENSES.get("activation-edit").factory
+    plain = edit(badnets_handle, fmnist_split10.fit, [known_trigger], {"recalibrate": False}, 0)
+    recal = edit(badnets_handle, fmnist_split10.fit, [known_trigger], {}, 0)
+    assert "recalibration" not in plain.stats
+    info = recal.stats["recalibration"]
+    assert info["folds"] == 4 and set(info["shift"]) == {str(TARGET)} and len(info["fold_drops"][str(TARGET)]) == 4
+    shift = info["shift"][str(TARGET)]
+    assert shift == pytest.approx(sum(info["fold_drops"][str(TARGET)]) / 4, abs=1e-3)
+    x = fmnist_split10.eval.x[:200]
+    delta = recal.handle.logits(x, backend="torch") - plain.handle.logits(x, backend="torch")
+    assert torch.allclose(delta[:, TARGET], torch.full((200,), shift), atol=1e-3)
+    others = [c for c in range(10) if c != TARGET]
+    assert delta[:, others].abs().max() < 1e-4
+
+
+def test_repair_keeps_a_target_margin_it_gave_back(badnets_handle, fmnist_split, known_trigger):
+    # repair raised the hurt target class: its own recalibration must not take that back
+    edited = _hurt_target_class(badnets_handle, TARGET, fmnist_split.fit, known_trigger)
+    params = RepairParams(min_steps=20, max_steps=60, batch_size=32, check_every=10)
+    _, stats = repair(badnets_handle, edited, fmnist_split.fit, [known_trigger], [TARGET], params, seed=0)
+    assert stats["kept_step"] > 0 and "shift" not in stats["recalibration"]

@@ -24,6 +24,13 @@ Rules (`rule`):
   layer's input weights, W <- W (I - U U^T).
 - `dampen`: scale input channels whose mean activation on stamped samples exceeds `alpha` times
   that on clean samples by min(1, a_clean / a_stamped).
+
+Recalibration (`recalibrate`, on): the edit pins the outputs of the samples it fits, but on unseen
+images it lowers the target class's logit where the trigger's features overlap the class's own
+(Blended, SIG). The same edit is made four more times, each without one fold of the fit samples,
+the target's margin drop is measured on the left-out fold (`recalibrate.boundary_drop`), and the
+mean is added back to the target's output bias. Measured over seeds 0-5 (README, "by seed"): the
+target class then stayed within 3 points below its value before in every run (it lost up to 9).
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ from ..errors import AuditorInputError
 from ..registry import DEFENSES
 from .base import DefenseOutcome, augmented_views, drop_alternatives, stamp_random
 from .layers import layer_io, linear_layers
+from .recalibrate import boundary_drop, shift_target_logits, stratified_folds, with_views
 
 RULES = ("regress", "project", "dampen")
 KNOWN_TRIGGER_VIEWS = 16  # views=auto for a known trigger (measured: README, "Defenses")
+RECALIBRATION_FOLDS = 4
 
 
 @dataclass(frozen=True)
@@ -54,14 +63,15 @@ class ActivationEditParams:
     views: int | str = "auto"
     stamped_weight: float = 0.3
     sampled: bool = False  # a class flagged by the generative scan: its sampled patches, not its NC mask
+    recalibrate: bool = True  # give the target class back the margin the edit took on unseen samples
 
     def __post_init__(self):
         if not (self.layer == "auto" or isinstance(self.layer, int)):
             raise ValueError("activation-edit: layer must be 'auto' or an index into the linear layers (0 first, -1 last)")
         if not (self.views == "auto" or (isinstance(self.views, int) and self.views >= 0)):
             raise ValueError("activation-edit: views must be 'auto' or a number >= 0 of shifted/mirrored copies per sample")
-        if not isinstance(self.sampled, bool):
-            raise ValueError("activation-edit: sampled must be true or false")
+        if not isinstance(self.sampled, bool) or not isinstance(self.recalibrate, bool):
+            raise ValueError("activation-edit: sampled and recalibrate must be true or false")
         if self.rule not in RULES:
             raise ValueError(f"activation-edit: rule must be one of {', '.join(RULES)}")
         if self.ridge <= 0 or self.directions < 1 or self.alpha <= 1 or self.copies < 1 or self.stamped_weight <= 0:
@@ -170,10 +180,6 @@ def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, se
 def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = ActivationEditParams(**params)
     start = time.perf_counter()
-    module = handle.copy_for_editing()
-    names = linear_layers(handle, module)
-    if not names:
-        raise AuditorInputError("activation-edit: the model has no linear layer to edit; use --defense nc-unlearn or baerase")
     if not triggers:
         raise AuditorInputError("activation-edit: no trigger (known or recovered) to unlearn")
     # measured (README, Defenses; after repair): for classes the generative scan flagged, editing
@@ -183,6 +189,22 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
         triggers = drop_alternatives(triggers, drop="patch", keep="generative")
     else:
         triggers = drop_alternatives(triggers, drop="generative", keep="patch")
+    module, edits = _edited_module(handle, fit, triggers, p, seed, progress)
+    edited = handle.derived(module)
+    stats = {"params": asdict(p), "layer": ", ".join(e["layer"] for e in edits),
+             "stamped_samples": sum(e["stamped_samples"] for e in edits),
+             "weight_change_relative": max(e["weight_change_relative"] for e in edits), "edits": edits}
+    if p.recalibrate:
+        edited, stats["recalibration"] = _recalibrate(handle, edited, fit, triggers, p, seed, progress)
+    return DefenseOutcome(edited, "activation-edit", time.perf_counter() - start, len(fit), stats)
+
+
+def _edited_module(handle, fit, triggers, p: ActivationEditParams, seed: int, progress=None):
+    """An edited copy of handle's module and the stats of each layer's edit."""
+    module = handle.copy_for_editing()
+    names = linear_layers(handle, module)
+    if not names:
+        raise AuditorInputError("activation-edit: the model has no linear layer to edit; use --defense nc-unlearn or baerase")
     if p.layer == "auto":
         first = [t for t in triggers if _edit_at_first_layer(t)]
         last = [t for t in triggers if not _edit_at_first_layer(t)]
@@ -200,8 +222,36 @@ def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=Non
             progress(f"activation-edit: {p.rule} on layer {e['layer']} ({e['inputs']} inputs) from {len(fit)} clean samples{views} "
                      f"+ {e['stamped_samples']} stamped ({len(group)} trigger(s))")
     module.eval()
-    edited = handle.derived(module)
-    stats = {"params": asdict(p), "layer": ", ".join(e["layer"] for e in edits),
-             "stamped_samples": sum(e["stamped_samples"] for e in edits),
-             "weight_change_relative": max(e["weight_change_relative"] for e in edits), "edits": edits}
-    return DefenseOutcome(edited, "activation-edit", time.perf_counter() - start, len(fit), stats)
+    return module, edits
+
+
+def _recalibrate(handle, edited, fit, triggers, p: ActivationEditParams, seed: int, progress=None):
+    """Cross-fitted: the same edit made without each fold, its target-margin drop measured on that
+    fold (samples it never saw), averaged, then given back to each target's output bias."""
+    targets = sorted({t.target for t in triggers if t.target is not None})
+    if not targets:
+        return edited, {"note": "no single target class (all-to-all): nothing to recalibrate"}
+    drops: dict[int, list[float]] = {c: [] for c in targets}
+    for i, held in enumerate(stratified_folds(fit.y, handle.num_classes, RECALIBRATION_FOLDS, seed + 31)):
+        rest = torch.ones(len(fit), dtype=torch.bool)
+        rest[held] = False
+        try:
+            fold_module, _ = _edited_module(handle, fit.subset(rest.nonzero().flatten()), triggers, p, seed)
+        except AuditorInputError:
+            continue  # a fold whose remaining samples are all of the target class: it cannot be edited
+        fold_edit = handle.derived(fold_module)
+        x = with_views(fit.x[held], seed + 41 + i)
+        for c in targets:
+            drop = boundary_drop(handle, fold_edit, x, c)
+            if drop is not None:
+                drops[c].append(drop)
+    shifts = {c: sum(v) / len(v) for c, v in drops.items() if v}
+    shifted = shift_target_logits(edited, shifts) if shifts else None
+    if shifted is None:
+        note = "the model's output is not a linear layer's: not recalibrated" if shifts else "no fold near a target's boundary"
+        return edited, {"note": note}
+    if progress:
+        progress("activation-edit: target logit(s) recalibrated by " + ", ".join(f"{c}: {s:+.3f}" for c, s in shifts.items())
+                 + f" (their margin drop on samples the edit did not see, {RECALIBRATION_FOLDS} folds)")
+    return shifted, {"folds": RECALIBRATION_FOLDS, "shift": {str(c): round(s, 4) for c, s in shifts.items()},
+                     "fold_drops": {str(c): [round(d, 4) for d in v] for c, v in drops.items()}}
