@@ -376,7 +376,8 @@ class AuditSession:
         final = edited
         if cfg.repair:
             targets = [t.target for t in triggers if t.target is not None]
-            final, stats = repair(self.handle, edited, fit, triggers, targets, repair_params, cfg.seed, self.progress)
+            final, stats = repair(self.handle, edited, fit, triggers, targets, repair_params, cfg.seed, self.progress,
+                                  defense_stats=outcome.stats)
             record.repair = stats
         record.seconds = time.perf_counter() - start
         self.timings["defense"] = record.seconds

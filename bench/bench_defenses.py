@@ -91,7 +91,8 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed:
     outcome = DEFENSES.get(defense).factory(session.handle, defense_fit, triggers, {}, seed, None)
     edited = session.measure(outcome.handle)
     targets = [t.target for t in triggers if t.target is not None]
-    repaired, stats = repair(session.handle, outcome.handle, session.split.fit, triggers, targets, RepairParams(), seed)
+    repaired, stats = repair(session.handle, outcome.handle, session.split.fit, triggers, targets, RepairParams(), seed,
+                             defense_stats=outcome.stats)
     if mode != "known":
         out["rec_asr_before"] = recovered_asr(session.handle, session.split.eval, triggers)
         out["rec_asr_after"] = recovered_asr(repaired, session.split.eval, triggers)

@@ -48,9 +48,10 @@ def scan_norms(stems: list[str], nc_params: dict, after: bool) -> dict[str, tupl
         if known is None or not after:
             continue
         fit = session.split.fit
-        edited = DEFENSES.get("activation-edit").factory(
-            session.handle, defense_share(fit, RepairParams(), session.handle.num_classes, 0), [known], {}, 0).handle
-        repaired, _ = repair(session.handle, edited, fit, [known], [t for t in [known.target] if t is not None], RepairParams(), 0)
+        outcome = DEFENSES.get("activation-edit").factory(
+            session.handle, defense_share(fit, RepairParams(), session.handle.num_classes, 0), [known], {}, 0)
+        repaired, _ = repair(session.handle, outcome.handle, fit, [known], [t for t in [known.target] if t is not None], RepairParams(), 0,
+                             defense_stats=outcome.stats)
         rows[f"{stem} (after defense)"] = (nc(repaired, session.split, nc_params, 0, None).norms, "—")
         print(f"scanned {stem} after the defense", file=sys.stderr, flush=True)
     return rows

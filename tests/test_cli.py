@@ -233,6 +233,9 @@ def test_badnets_html_report(badnets_e2e):
     assert "FAIL" in html
     assert "data:image/png;base64," in html
     assert "badnets_cnn.pt" in html
+    # the defense's recalibration of the target class is stated with the shift the JSON records
+    shift = badnets_e2e.data["defense"]["stats"]["recalibration"]["shift"]["7"]
+    assert f"target-class logit shifted by {shift:+.3f} for class 7" in html
 
 
 # ----------------------------------------------------------------------------- gate

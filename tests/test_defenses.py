@@ -357,6 +357,34 @@ def test_activation_edit_recalibrates_only_the_target_logit(badnets_handle, fmni
 def test_repair_keeps_a_target_margin_it_gave_back(badnets_handle, fmnist_split, known_trigger):
     # repair raised the hurt target class: its own recalibration must not take that back
     edited = _hurt_target_class(badnets_handle, TARGET, fmnist_split.fit, known_trigger)
-    params = RepairParams(min_steps=20, max_steps=60, batch_size=32, check_every=10)
+    params = RepairParams(min_steps=20, max_steps=60, batch_size=32, check_every=10, recalibrate=True)
     _, stats = repair(badnets_handle, edited, fmnist_split.fit, [known_trigger], [TARGET], params, seed=0)
     assert stats["kept_step"] > 0 and "shift" not in stats["recalibration"]
+
+
+def test_recalibration_auto_is_for_known_triggers_and_a_recalibrated_edit(known_trigger):
+    from dataclasses import replace
+
+    from auditor.defenses.recalibrate import classes_to_recalibrate, classes_to_recalibrate_in_repair
+
+    recovered_7 = replace(known_trigger, source="recovered")
+    recovered_8 = replace(known_trigger, source="recovered", target=8)
+    everything = [known_trigger, recovered_8]
+    # auto: the known trigger's class only, not a class the scan flagged
+    assert classes_to_recalibrate("auto", everything) == [7]
+    assert classes_to_recalibrate("auto", [known_trigger, recovered_7]) == [] and classes_to_recalibrate("auto", []) == []
+    assert classes_to_recalibrate(True, everything) == [7, 8] and classes_to_recalibrate(False, [known_trigger]) == []
+    assert classes_to_recalibrate(True, [replace(known_trigger, target=None)]) == []  # all-to-all: no single target
+    edit_stats = {"recalibration": {"shift": {"7": 0.3}}}
+    assert classes_to_recalibrate_in_repair("auto", everything, edit_stats) == [7]
+    # after a defense that did not recalibrate (nc-unlearn, finetune) the repair's unlearning is the point
+    assert classes_to_recalibrate_in_repair("auto", [known_trigger], {"steps": 40}) == []
+    assert classes_to_recalibrate_in_repair("auto", [known_trigger], None) == []
+    assert classes_to_recalibrate_in_repair(True, [known_trigger], None) == [7]
+
+
+def test_recalibrate_setting_is_checked(badnets_handle, fmnist_split10, known_trigger):
+    with pytest.raises(ValueError, match="recalibrate"):
+        DEFENSES.get("activation-edit").factory(badnets_handle, fmnist_split10.fit, [known_trigger], {"recalibrate": "sometimes"}, 0)
+    with pytest.raises(ValueError, match="recalibrate"):
+        RepairParams(recalibrate="sometimes")

@@ -16,9 +16,9 @@ Measured on the zoo with 10 samples per class: fine-tuning every layer on so few
 accuracy of its own and can let the backdoor back in, so by default (`scope="linear"`) only the
 linear layers train, nothing runs when no class fell, and the checkpoint with the fewest fallen
 classes (then the best held-out true-label probability) is kept, never a worse one than the input; training
-stops after `patience` checks without a better checkpoint. With `recalibrate` (on), the margin the
-repair's training took from a target class on the held-out share is given back to its output bias
-(`recalibrate.py`); a margin it gave is kept.
+stops after `patience` checks without a better checkpoint. With `recalibrate` (auto: the classes the
+defense recalibrated), the margin the repair's training took from a target class on the held-out
+share is given back to its output bias (`recalibrate.py`); a margin it gave is kept.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSet
 from .base import batches, stamp_fraction
-from .recalibrate import boundary_drop, shift_target_logits, with_views
+from .recalibrate import SETTINGS, boundary_drop, classes_to_recalibrate_in_repair, shift_target_logits, with_views
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class RepairParams:
     target_weight: float = 5.0
     scope: str = "linear"
     patience: int = 5
-    recalibrate: bool = True  # give the target classes back the margin the repair took on the held-out share
+    recalibrate: bool | str = "auto"  # give target classes back the margin repair took (auto: those the defense did)
 
     def __post_init__(self):
         if self.scope not in ("linear", "last", "all"):
@@ -59,6 +59,8 @@ class RepairParams:
             raise ValueError("repair: need 0 <= min_steps <= max_steps and positive batch_size, lr, temperature")
         if self.patience < 1:
             raise ValueError("repair: patience must be at least 1")
+        if self.recalibrate not in SETTINGS:
+            raise ValueError("repair: recalibrate must be auto, true or false")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError("repair: holdout_fraction must be in (0, 1)")
 
@@ -108,8 +110,10 @@ def _check_score(reference, now, tolerance):
     return fallen, (-sum(fallen), sum(accs) / max(len(accs), 1))
 
 
-def repair(original, edited, fit, triggers, targets, params: RepairParams = RepairParams(), seed: int = 0, progress=None):
-    """Returns (handle, stats). `edited` is not modified; a repaired copy is returned."""
+def repair(original, edited, fit, triggers, targets, params: RepairParams = RepairParams(), seed: int = 0, progress=None,
+           defense_stats: dict | None = None):
+    """Returns (handle, stats). `edited` is not modified; a repaired copy is returned. `defense_stats`
+    (the defense's own) tell `recalibrate=auto` whether the defense recalibrated its edit."""
     start = time.perf_counter()
     train, check = holdout_split(fit, params.holdout_fraction, original.num_classes, seed)
     if len(check) == 0:
@@ -183,8 +187,8 @@ def repair(original, edited, fit, triggers, targets, params: RepairParams = Repa
     module.load_state_dict(best_state)
     for p in module.parameters():
         p.requires_grad_(False)
-    if params.recalibrate:
-        repaired, stats["recalibration"] = _recalibrate(edited, repaired, check, sorted(set(targets)), seed, progress)
+    if chosen := classes_to_recalibrate_in_repair(params.recalibrate, triggers, defense_stats):
+        repaired, stats["recalibration"] = _recalibrate(edited, repaired, check, chosen, seed, progress)
     stats.update(steps=steps, kept_step=kept_step, still_fallen=[c for c, f in enumerate(best_fallen) if f],
                  seconds=time.perf_counter() - start)
     return repaired, stats

@@ -266,13 +266,13 @@ def _defense_summary(defense: dict) -> str:
         parts.append(f"{stats['steps']} steps")
     if recalibrated := _recalibration(stats):
         folds = stats["recalibration"].get("folds")
-        parts.append(recalibrated + f" (the margin lost on the fit samples each of {folds} edits left out)")
+        parts.append(recalibrated + f" (the target margin the edit took on the fit samples each of {folds} edits left out)")
     return ", ".join(parts)
 
 
 def _recalibration(stats: dict) -> str:
     shift = (stats.get("recalibration") or {}).get("shift") or {}
-    return ("target-class logit raised by " + ", ".join(f"{v:+.3f} for class {c}" for c, v in shift.items())) if shift else ""
+    return ("target-class logit shifted by " + ", ".join(f"{v:+.3f} for class {c}" for c, v in shift.items())) if shift else ""
 
 
 def _repair_summary(repair: dict | None) -> str:
@@ -282,7 +282,7 @@ def _repair_summary(repair: dict | None) -> str:
     text = (f"classes that fell on the held-out fit samples: {fallen or 'none'}; {repair.get('steps', 0)} steps, "
             f"kept step {repair.get('kept_step', 0)}, still fallen: {repair.get('still_fallen') or 'none'}")
     if recalibrated := _recalibration(repair):
-        text += f"; {recalibrated} (the margin repair took on the held-out samples)"
+        text += f"; {recalibrated} (the target margin repair took on the held-out samples)"
     return text + (f" ({repair['note']})" if repair.get("note") else "")
 
 
