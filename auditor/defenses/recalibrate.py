@@ -6,13 +6,14 @@ Removing a trigger's features also removes some of the evidence natural target-c
 unseen images only: the edit and the repair pin the outputs of the samples they fit. So the drop is
 measured on samples the step did not fit (cross-fitted folds for the edit, repair's held-out check
 share for the repair), as the fall of the target's margin (its logit minus the log-sum-exp of the
-others) weighted by p(1 - p) of the target under the reference model, where a decision can flip;
+others) weighted by p(1 - p) of the target under the reference model, where a decision can flip
+(for the edit: the mean of that over all held-out images and over those of the target class);
 the output layer's bias for the target is then raised by that amount.
 
 Measured on the zoo (README, "Defenses"; known triggers): over seeds 0-5 at 10 samples per class
-no target class then lost more than 2.4 points, where 9 of 30 runs lost more than 3 (up to 9.0);
+no target class then lost more than 2.8 points, where 9 of 30 runs lost more than 3 (up to 9.0);
 the price is some residual ASR (the target logit is what the trigger pushes) and, on WaNet, a
-target class that gains up to 8.6 points.
+target class that can gain up to 5.2 points.
 """
 
 from __future__ import annotations
@@ -59,16 +60,15 @@ def with_views(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.cat([x, augmented_views(x, VIEWS, torch.Generator().manual_seed(seed))])
 
 
-@torch.no_grad()
-def boundary_drop(reference, changed, x: torch.Tensor, c: int) -> float | None:
-    """How far `changed` lowered class c's margin against `reference` on images x, weighted towards
-    the images where reference is unsure about c; None when no image is near that boundary."""
-    ref = reference.logits(x, backend="torch")
-    p = ref.softmax(1)[:, c]
+def boundary_drop(reference: torch.Tensor, changed: torch.Tensor, c: int) -> float | None:
+    """How far the `changed` logits lowered class c's margin against the `reference` logits (of the
+    same images), weighted towards the images where reference is unsure about c; None when no
+    image is near that boundary."""
+    p = reference.softmax(1)[:, c]
     w = p * (1 - p)
-    if len(x) == 0 or float(w.sum()) < 1e-6:
+    if len(reference) == 0 or float(w.sum()) < 1e-6:
         return None
-    drop = margin(ref, c) - margin(changed.logits(x, backend="torch"), c)
+    drop = margin(reference, c) - margin(changed, c)
     return float((w * drop).sum() / w.sum())
 
 

@@ -199,7 +199,8 @@ def _recalibrate(edited, repaired, check: ImageSet, targets: list[int], seed: in
     held-out check share (and views of it), which the repair never trained on. A margin the repair
     GAVE a target class is kept: bringing fallen classes back is its job."""
     x = with_views(check.x, seed + 43)
-    shifts = {c: d for c in targets if (d := boundary_drop(edited, repaired, x, c)) is not None and d > 0}
+    before, after = edited.logits(x, backend="torch"), repaired.logits(x, backend="torch")
+    shifts = {c: d for c in targets if (d := boundary_drop(before, after, c)) is not None and d > 0}
     shifted = shift_target_logits(repaired, shifts) if shifts else None
     if shifted is None:
         return repaired, {"note": "no target class lost margin on the held-out samples" if not shifts
