@@ -29,7 +29,7 @@ Recalibration (`recalibrate`, auto: the classes of known triggers): the edit pin
 the samples it fits, but on unseen images it lowers the target class's logit where the trigger's
 features overlap the class's own (Blended, SIG). The same edit is made four more times, each
 without one fold of the fit samples, the target's margin drop is measured on the left-out fold
-(`recalibrate.boundary_drop`), and the mean is added back to the target's output bias. Measured
+(`recalibrate.boundary_drop`, see `_recalibrate`) and added back to the target's output bias. Measured
 over seeds 0-5 (README, "by seed"): no target class then lost more than 2.8 points (up to 9.0
 before), for some residual ASR (5x5 patch 1.92-2.38%, WaNet 5.4-7.4%).
 """
@@ -64,7 +64,7 @@ class ActivationEditParams:
     views: int | str = "auto"
     stamped_weight: float = 0.3
     sampled: bool = False  # a class flagged by the generative scan: its sampled patches, not its NC mask
-    recalibrate: bool | str = "auto"  # give target classes back the margin the edit took (auto: known triggers')
+    recalibrate: bool | str = "auto"  # give target classes back the margin the edit took (auto: known triggers' classes)
 
     def __post_init__(self):
         if not (self.layer == "auto" or isinstance(self.layer, int)):
@@ -253,8 +253,7 @@ def _recalibrate(handle, edited, fit, triggers, targets: list[int], p: Activatio
                 drop = boundary_drop(original[rows], fold_edit[rows], c)
                 if drop is not None:
                     drops[c].append(drop)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
-    shifts = {c: (mean(v) + mean(near_own[c] or v)) / 2 for c, v in near_all.items() if v}
+    shifts = {c: (_mean(v) + _mean(near_own[c] or v)) / 2 for c, v in near_all.items() if v}
     shifted = shift_target_logits(edited, shifts) if shifts else None
     if shifted is None:
         note = "the model's output is not a linear layer's: not recalibrated" if shifts else "no fold near a target's boundary"
@@ -265,3 +264,7 @@ def _recalibrate(handle, edited, fit, triggers, targets: list[int], p: Activatio
     return shifted, {"folds": RECALIBRATION_FOLDS, "shift": {str(c): round(s, 4) for c, s in shifts.items()},
                      "fold_drops": {str(c): {"near_boundary": [round(d, 4) for d in near_all[c]],
                                              "of_the_class": [round(d, 4) for d in near_own[c]]} for c in targets}}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
