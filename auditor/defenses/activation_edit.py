@@ -46,7 +46,7 @@ from ..errors import AuditorInputError
 from ..registry import DEFENSES
 from .base import DefenseOutcome, augmented_views, drop_alternatives, stamp_random
 from .layers import layer_io, linear_layers
-from .recalibrate import SETTINGS, boundary_drop, classes_to_recalibrate, shift_target_logits, stratified_folds, with_views
+from .recalibrate import SETTINGS, boundary_drop, classes_to_recalibrate, give_back, stratified_folds, with_views
 
 RULES = ("regress", "project", "dampen")
 KNOWN_TRIGGER_VIEWS = 16  # views=auto for a known trigger (measured: README, "Defenses")
@@ -254,16 +254,13 @@ def _recalibrate(handle, edited, fit, triggers, targets: list[int], p: Activatio
                 if drop is not None:
                     drops[c].append(drop)
     shifts = {c: (_mean(v) + _mean(near_own[c] or v)) / 2 for c, v in near_all.items() if v}
-    shifted = shift_target_logits(edited, shifts) if shifts else None
-    if shifted is None:
-        note = "the model's output is not a linear layer's: not recalibrated" if shifts else "no fold near a target's boundary"
-        return edited, {"note": note}
-    if progress:
-        progress("activation-edit: target logit(s) recalibrated by " + ", ".join(f"{c}: {s:+.3f}" for c, s in shifts.items())
-                 + f" (their margin drop on samples the edit did not see, {RECALIBRATION_FOLDS} folds)")
-    return shifted, {"folds": RECALIBRATION_FOLDS, "shift": {str(c): round(s, 4) for c, s in shifts.items()},
-                     "fold_drops": {str(c): {"near_boundary": [round(d, 4) for d in near_all[c]],
-                                             "of_the_class": [round(d, 4) for d in near_own[c]]} for c in targets}}
+    shifted, stats = give_back(edited, shifts, "activation-edit", f"samples the edit did not see, {RECALIBRATION_FOLDS} folds",
+                               "no fold near a target's boundary", progress)
+    if "shift" in stats:
+        stats = {"folds": RECALIBRATION_FOLDS, **stats,
+                 "fold_drops": {str(c): {"near_boundary": [round(d, 4) for d in near_all[c]],
+                                         "of_the_class": [round(d, 4) for d in near_own[c]]} for c in targets}}
+    return shifted, stats
 
 
 def _mean(values: list[float]) -> float:

@@ -105,6 +105,19 @@ def shift_target_logits(handle, shifts: dict[int, float]):
     return handle.derived(module)
 
 
+def give_back(handle, shifts: dict[int, float], step: str, measured_on: str, nothing: str, progress=None):
+    """`handle` with each class's logit shifted by shifts[c], and the stats saying so: {"shift": ...},
+    or {"note": ...} and `handle` itself when there is nothing to shift (`nothing` says why) or the
+    model's output is not a linear layer's."""
+    shifted = shift_target_logits(handle, shifts) if shifts else None
+    if shifted is None:
+        return handle, {"note": "the model's output is not a linear layer's: not recalibrated" if shifts else nothing}
+    if progress:
+        progress(f"{step}: target logit(s) recalibrated by " + ", ".join(f"{c}: {s:+.3f}" for c, s in shifts.items())
+                 + f" (their margin drop on {measured_on})")
+    return shifted, {"shift": {str(c): round(s, 4) for c, s in shifts.items()}}
+
+
 def stratified_folds(y: torch.Tensor, num_classes: int, folds: int, seed: int) -> list[torch.Tensor]:
     """`folds` index sets, each class dealt round-robin over them after a seeded shuffle."""
     gen = torch.Generator().manual_seed(seed)

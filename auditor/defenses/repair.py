@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSet
 from .base import batches, stamp_fraction
-from .recalibrate import SETTINGS, boundary_drop, classes_to_recalibrate_in_repair, shift_target_logits, with_views
+from .recalibrate import SETTINGS, boundary_drop, classes_to_recalibrate_in_repair, give_back, with_views
 
 
 @dataclass(frozen=True)
@@ -201,11 +201,5 @@ def _recalibrate(edited, repaired, check: ImageSet, targets: list[int], seed: in
     x = with_views(check.x, seed + 43)
     before, after = edited.logits(x, backend="torch"), repaired.logits(x, backend="torch")
     shifts = {c: d for c in targets if (d := boundary_drop(before, after, c)) is not None and d > 0}
-    shifted = shift_target_logits(repaired, shifts) if shifts else None
-    if shifted is None:
-        return repaired, {"note": "no target class lost margin on the held-out samples" if not shifts
-                          else "the model's output is not a linear layer's: not recalibrated"}
-    if progress:
-        progress("repair: target logit(s) recalibrated by " + ", ".join(f"{c}: {s:+.3f}" for c, s in shifts.items())
-                 + " (their margin drop on the held-out samples)")
-    return shifted, {"shift": {str(c): round(s, 4) for c, s in shifts.items()}}
+    return give_back(repaired, shifts, "repair", "the held-out samples", "no target class lost margin on the held-out samples",
+                     progress)
