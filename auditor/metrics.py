@@ -28,3 +28,15 @@ def attack_success_rate(pred_triggered: torch.Tensor, labels: torch.Tensor, targ
     if not sel.any():
         return float("nan")
     return (pred_triggered[sel] == target[sel]).float().mean().item()
+
+
+def trigger_flip_rate(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, labels: torch.Tensor,
+                      target: int | torch.Tensor) -> float:
+    """Share of samples whose true label is not the target that the trigger moves to the target: sent
+    there with the trigger, elsewhere without it. ASR minus this is the model's own confusion into the
+    target on the same images (`attack_success_rate` of the clean predictions, at most)."""
+    target = torch.as_tensor(target, dtype=labels.dtype).expand_as(labels)
+    sel = labels != target
+    if not sel.any():
+        return float("nan")
+    return ((pred_triggered[sel] == target[sel]) & (pred_clean[sel] != target[sel])).float().mean().item()

@@ -14,7 +14,7 @@ import torch
 
 from .config import AuditConfig
 from .errors import AuditorInputError
-from .metrics import accuracy, attack_success_rate, per_class_accuracy
+from .metrics import accuracy, attack_success_rate, per_class_accuracy, trigger_flip_rate
 
 STAGES = ("before", "after")
 
@@ -49,9 +49,7 @@ class DefenseRecord:
     samples_used: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
     repair: dict[str, Any] | None = None
-    per_class_after_edit: list[float | None] | None = None
-    c_acc_after_edit: float | None = None
-    asr_after_edit: float | None = None
+    after_edit: dict[str, Any] = field(default_factory=dict)  # C-ACC, per-class accuracy and ASR (+ parts) after the defense alone
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +68,7 @@ class AuditSession:
         self.timings: dict[str, float] = {}
         self._scans: dict[str, Any] = {}
         self._metrics: dict[str, dict] = {}
+        self._clean_predictions: dict[int, tuple] = {}  # id(handle) -> (handle, its predictions on the evaluation split)
         self._after_handle = None
         self._after_error: BaseException | None = None
         self.defense: DefenseRecord | None = None
@@ -256,7 +255,7 @@ class AuditSession:
 
     def measure(self, handle, with_attack: bool = True) -> dict:
         ev = self.split.eval
-        pred = handle.predict(ev.x)
+        pred = self._predict_clean(handle)
         out = {
             "c_acc": accuracy(pred, ev.y),
             "per_class_acc": per_class_accuracy(pred, ev.y, handle.num_classes),
@@ -269,12 +268,24 @@ class AuditSession:
         return out
 
     def measure_attack(self, handle, trigger) -> dict:
+        """ASR, and what it is made of: `asr_no_trigger`, the share of the same images the model sends to
+        the target WITHOUT the trigger (its own confusion: no defense can be expected to go below it without
+        weakening the class), and `asr_trigger_flips`, those the trigger itself moves there."""
         ev = self.split.eval
         triggered = handle.predict(trigger.apply(ev.x))
+        clean = self._predict_clean(handle)
         targets = trigger.target_labels(ev.y, handle.num_classes)
         keep = ev.y != targets
         return {"asr": attack_success_rate(triggered, ev.y, targets), "asr_trigger": trigger.source,
-                "target": trigger.target, "r_acc": accuracy(triggered[keep], ev.y[keep])}
+                "target": trigger.target, "r_acc": accuracy(triggered[keep], ev.y[keep]),
+                "asr_no_trigger": attack_success_rate(clean, ev.y, targets),
+                "asr_trigger_flips": trigger_flip_rate(clean, triggered, ev.y, targets)}
+
+    def _predict_clean(self, handle):
+        """handle's predictions on the evaluation split, once per model (measure and measure_attack both need them)."""
+        if id(handle) not in self._clean_predictions:  # the handle is kept with them, so its id is not reused
+            self._clean_predictions[id(handle)] = (handle, handle.predict(self.split.eval.x))
+        return self._clean_predictions[id(handle)][1]
 
     def reference_trigger(self):
         """The trigger ASR is measured with: the known one, else the top recovered one from the BEFORE scan."""
@@ -370,8 +381,8 @@ class AuditSession:
         outcome = entry.factory(self.handle, defense_fit, triggers, cfg.defense_params, cfg.seed, self.progress)
         edited = outcome.handle
         edit_metrics = self.measure(edited)
-        record.per_class_after_edit = edit_metrics["per_class_acc"]
-        record.c_acc_after_edit, record.asr_after_edit = edit_metrics["c_acc"], edit_metrics["asr"]
+        record.after_edit = {k: edit_metrics[k] for k in ("c_acc", "per_class_acc", "asr", "asr_no_trigger", "asr_trigger_flips")
+                             if k in edit_metrics}
         record.samples_used, record.stats = outcome.samples_used, outcome.stats
         final = edited
         if cfg.repair:

@@ -129,18 +129,20 @@ def row(stem: str, label: str, r: dict) -> str:
     b, t = r["before"], r["target"]
     extra = (f"{pct(r.get('rec_asr_before'))} → {pct(r.get('rec_asr_after'))}" if "rec_asr_before" in r else pct(r["floor_asr"]))
     if "edit" not in r:
-        return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | nothing flagged: no defense | | | | | {extra} | | "
+        return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | nothing flagged: no defense | | | | | | {extra} | | "
                 f"{r['wall']:.1f} | {r['rss_mb']:.0f} |")
     e, a = r["edit"], r["repaired"]
-    return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | {pct(e['asr'])} | **{pct(a['asr'])}** | {pct(b['c_acc'])} | "
+    return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | {pct(e['asr'])} | **{pct(a['asr'])}** | "
+            f"{pct(a.get('asr_no_trigger'))} / {pct(a.get('asr_trigger_flips'))} | {pct(b['c_acc'])} | "
             f"{pct(e['c_acc'])} | {pct(a['c_acc'])} (**{100 * (a['c_acc'] - b['c_acc']):+.2f}**) | "
             f"{target_acc(b, t)} → {target_acc(e, t)} → {target_acc(a, t)} | {extra} | "
             f"{r['defense_seconds']:.2f} + {r['repair_seconds']:.2f} ({r['repair_steps']} steps) | {r['wall']:.1f} | {r['rss_mb']:.0f} |")
 
 
-HEADER = ("| model | {label} | fit samples | true ASR before | after defense | after repair | C-ACC before | after defense | "
+HEADER = ("| model | {label} | fit samples | true ASR before | after defense | after repair | after repair: to the target "
+          "without the trigger / moved by it | C-ACC before | after defense | "
           "after repair (Δ) | target-class acc before → defense → repair | {extra} | defense + repair (s) | wall (s) | peak RSS (MB) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 FLOOR = "true trigger's ASR on the clean model (floor)"
 RECOVERED = "recovered triggers' ASR before → after"
 

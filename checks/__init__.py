@@ -7,7 +7,7 @@ Fixtures a check can take (provided by auditor.plugin.AuditPlugin):
   model_file    the file of the stage's model (the input, or the repaired file written)
   clean_data    auditor.data.Split with .fit and .eval (ImageSet: .x, .y)
   scan          the trigger-recovery scan result for the stage (anomaly_index, norms, masks, ...)
-  metrics       {"c_acc", "per_class_acc", "asr", "asr_trigger", "target", "r_acc", ...}
+  metrics       {"c_acc", "per_class_acc", "asr", "asr_no_trigger", "asr_trigger_flips", "asr_trigger", "target", "r_acc", ...}
   known_trigger auditor.triggers.Trigger from --trigger, or None
   audit_config  auditor.config.AuditConfig (thresholds: min_accuracy, max_asr, anomaly_threshold, ...)
   audit_session the whole auditor.session.AuditSession

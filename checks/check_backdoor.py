@@ -61,7 +61,9 @@ def check_known_trigger_asr(metrics, known_trigger, audit_config, record_propert
     if known_trigger is None:
         pytest.skip("no --trigger given: the true attack success rate cannot be measured")
     record_property("asr", round(metrics["asr"], 4))
+    record_property("asr_no_trigger", round(metrics["asr_no_trigger"], 4))
     assert metrics["asr"] <= audit_config.max_asr, (
         f"the known trigger sends {metrics['asr']:.1%} of non-target samples to class {known_trigger.target_name} "
-        f"(ASR > {audit_config.max_asr:.0%})"
+        f"(ASR > {audit_config.max_asr:.0%}; without the trigger {metrics['asr_no_trigger']:.1%} go there, "
+        f"the trigger moves {metrics['asr_trigger_flips']:.1%})"
     )

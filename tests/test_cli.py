@@ -132,6 +132,20 @@ def test_badnets_scan_flags_the_target(badnets_e2e):
 
 
 @pytest.mark.slow
+def test_badnets_asr_is_split_into_trigger_and_own_confusion(badnets_e2e):
+    # ASR counts images the model sends to the target without any trigger too; the report says how
+    # many, and how many the trigger itself moved, before, after the edit and after repair
+    metrics = badnets_e2e.data["metrics"]
+    for stage in ("before", "after_edit", "after"):
+        m = metrics[stage]
+        assert 0 <= m["asr_trigger_flips"] <= m["asr"] <= m["asr_trigger_flips"] + m["asr_no_trigger"] + 2e-4, (stage, m)
+    assert metrics["before"]["asr_trigger_flips"] > 0.9 and metrics["after"]["asr_trigger_flips"] < 0.01
+    assert "sent to the target WITHOUT the trigger" in badnets_e2e.html_path.read_text()
+    message = _one(badnets_e2e.data, "check_known_trigger_asr")["message"]
+    assert f"without the trigger {metrics['before']['asr_no_trigger']:.1%} go there" in message
+
+
+@pytest.mark.slow
 def test_badnets_defense_outputs(badnets_e2e):
     defense = badnets_e2e.data["defense"]
     assert defense["applied"] is True and defense["name"] == "activation-edit"

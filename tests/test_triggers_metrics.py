@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from auditor.errors import AuditorInputError
-from auditor.metrics import accuracy, attack_success_rate, per_class_accuracy
+from auditor.metrics import accuracy, attack_success_rate, per_class_accuracy, trigger_flip_rate
 from auditor.triggers import Trigger, load_trigger, trigger_from_spec
 
 CHECKER = [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
@@ -135,6 +135,20 @@ def test_attack_success_rate_excludes_target_class():
     pred_all = torch.full((6,), 7)
     assert attack_success_rate(pred_all, labels, 7) == 1.0
     assert math.isnan(attack_success_rate(torch.tensor([7, 7]), torch.tensor([7, 7]), 7))
+
+
+def test_trigger_flip_rate_counts_only_what_the_trigger_moved():
+    labels = torch.tensor([7, 0, 1, 2, 3, 4])
+    clean = torch.tensor([7, 7, 1, 2, 3, 4])  # sample 1 goes to the target without any trigger
+    triggered = torch.tensor([7, 7, 7, 2, 7, 4])
+    assert attack_success_rate(triggered, labels, 7) == pytest.approx(3 / 5)
+    assert attack_success_rate(clean, labels, 7) == pytest.approx(1 / 5)
+    assert trigger_flip_rate(clean, triggered, labels, 7) == pytest.approx(2 / 5)
+    per_sample = torch.tensor([1, 1, 2, 3, 4, 5])  # all-to-all: y -> y + 1
+    moved = per_sample.clone()
+    moved[0] = 0
+    assert trigger_flip_rate(labels, moved, labels, per_sample) == pytest.approx(5 / 6)
+    assert math.isnan(trigger_flip_rate(clean[:1], triggered[:1], labels[:1], 7))
 
 
 def test_trigger_apply_follows_input_dtype():

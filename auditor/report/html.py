@@ -95,12 +95,19 @@ def _metrics_table(result: dict) -> str:
     rows = [("C-ACC (clean accuracy)", before.get("c_acc"), edit.get("c_acc"), after.get("c_acc")),
             (asr_label + (f", target class {target}" if target is not None else ", all-to-all: y → y+1" if source else ""),
              before.get("asr"), edit.get("asr"), after.get("asr"))]
+    if before.get("asr_no_trigger") is not None:
+        rows += [("The same images sent to the target WITHOUT the trigger (the model's own confusion)",
+                  before.get("asr_no_trigger"), edit.get("asr_no_trigger"), after.get("asr_no_trigger")),
+                 ("Moved to the target BY the trigger (there with it, elsewhere without)",
+                  before.get("asr_trigger_flips"), edit.get("asr_trigger_flips"), after.get("asr_trigger_flips"))]
     if before.get("r_acc") is not None:
         rows.append(("R-ACC (triggered samples classified correctly)", before.get("r_acc"), None, after.get("r_acc")))
     body = "".join(f"<tr><th>{escape(name)}</th><td>{_pct(b)}</td><td>{_pct(e)}</td><td>{_pct(a)}</td></tr>" for name, b, e, a in rows)
     return ("<h3>Attack success and accuracy</h3>"
             f'<table class="grid"><tr><th></th><th>Before (as delivered)</th><th>After unlearning</th><th>After repair</th></tr>{body}</table>'
-            f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense.</p>")
+            f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense. "
+            "ASR counts every non-target image the triggered input sends to the target, including those the model sends "
+            "there without any trigger: no defense can take ASR below that share without weakening the class.</p>")
 
 
 def _checks_matrix(result: dict) -> str:

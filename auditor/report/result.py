@@ -114,8 +114,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
             "name": d.name, "applied": True, "seconds": d.seconds, "outputs": d.outputs, "triggers": d.triggers,
             "samples_used": d.samples_used, "repair": d.repair, "stats": d.stats,
         })
-        out["metrics"]["after_edit"] = _round({"c_acc": d.c_acc_after_edit, "asr": d.asr_after_edit,
-                                               "per_class_acc": d.per_class_after_edit})
+        out["metrics"]["after_edit"] = _round(d.after_edit)
     else:
         out["defense"] = {"name": cfg.defense, "applied": False, "reason": session.skip_reason, "seconds": 0.0,
                           "outputs": {}}
