@@ -269,8 +269,8 @@ class AuditSession:
 
     def measure_attack(self, handle, trigger) -> dict:
         """ASR, and what it is made of: `asr_no_trigger`, the share of the same images the model sends to
-        the target WITHOUT the trigger (its own confusion: no defense can be expected to go below it without
-        weakening the class), and `asr_trigger_flips`, those the trigger itself moves there."""
+        the target WITHOUT the trigger (its own confusion, which a defense that keeps the class leaves in
+        place), and `asr_trigger_flips`, those the trigger itself moves there."""
         ev = self.split.eval
         triggered = handle.predict(trigger.apply(ev.x))
         clean = self._predict_clean(handle)

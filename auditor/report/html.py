@@ -107,7 +107,8 @@ def _metrics_table(result: dict) -> str:
             f'<table class="grid"><tr><th></th><th>Before (as delivered)</th><th>After unlearning</th><th>After repair</th></tr>{body}</table>'
             f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense. "
             "ASR counts every non-target image the triggered input sends to the target, including those the model sends "
-            "there without any trigger: no defense can take ASR below that share without weakening the class.</p>")
+            "there without any trigger (its own confusion, which a defense that keeps the class leaves in place); "
+            "the row \"moved to the target BY the trigger\" is what the trigger itself does.</p>")
 
 
 def _checks_matrix(result: dict) -> str:
