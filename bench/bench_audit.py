@@ -52,8 +52,9 @@ def pct(v):
 
 def audits(cases) -> None:
     print("## Full audits (default settings: 10 clean samples per class, generative scan + activation-edit + repair)\n")
-    print("| model | exit | flagged | top anomaly index | C-ACC before → after (%) | true ASR before → after (%) | scan before (s) | defense (s) | wall (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | exit | flagged | top anomaly index | C-ACC before → after (%) | true ASR before → after (%) | after: to the target without the trigger / moved by it (%) "
+          "| scan before (s) | defense (s) | wall (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for model, trigger in cases:
             r = run_audit(model, trigger, Path(tmp))
@@ -63,7 +64,8 @@ def audits(cases) -> None:
             top = max(scan.get("anomaly_index") or [float("nan")])
             acc = f"{pct(before.get('c_acc'))} → {pct(after.get('c_acc'))}" if after else pct(before.get("c_acc"))
             asr = f"{pct(before.get('asr'))} → {pct(after.get('asr'))}" if trigger else "—"
-            print(f"| {model.name} | {r['exit']} | {scan.get('flagged_classes')} | {top:.2f} | {acc} | {asr} | "
+            split = f"{pct(after.get('asr_no_trigger'))} / {pct(after.get('asr_trigger_flips'))}" if trigger and after else "—"
+            print(f"| {model.name} | {r['exit']} | {scan.get('flagged_classes')} | {top:.2f} | {acc} | {asr} | {split} | "
                   f"{res['timings'].get('scan_before', 0):.1f} | {res['timings'].get('defense', 0):.1f} | {r['wall']:.1f} | {r['rss_mb']:.0f} |")
     print()
 
