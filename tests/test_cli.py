@@ -143,6 +143,9 @@ def test_badnets_asr_is_split_into_trigger_and_own_confusion(badnets_e2e):
     assert "sent to the target WITHOUT the trigger" in badnets_e2e.html_path.read_text()
     message = _one(badnets_e2e.data, "check_known_trigger_asr")["message"]
     assert f"without the trigger {metrics['before']['asr_no_trigger']:.1%} go there" in message
+    after = metrics["after"]
+    assert (f"ASR {after['asr']:.2%} (known trigger; {after['asr_trigger_flips']:.2%} moved there by it, "
+            f"{after['asr_no_trigger']:.2%} go without it)") in badnets_e2e.stdout
 
 
 @pytest.mark.slow
