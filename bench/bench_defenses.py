@@ -38,14 +38,16 @@ def model_path(stem: str) -> Path:
     raise SystemExit(f"no fixture model {stem}")
 
 
-def clean_model_asr(data, trigger) -> float:
-    """The trigger's 'ASR' on the clean fixture model: the floor no defense can be expected to beat."""
+def clean_model_asr(data, trigger) -> tuple[float, float]:
+    """The trigger's 'ASR' on the clean fixture model, and the share of images it moves there (sent there
+    with it, elsewhere without): what no defense can be expected to beat."""
     from auditor.loading import LoadRequest, load_model
-    from auditor.metrics import attack_success_rate
+    from auditor.metrics import attack_success_rate, trigger_flip_rate
 
     clean = load_model(LoadRequest(path=ROOT / "fixtures" / "models" / "clean_cnn.pt"))
     targets = trigger.target_labels(data.y, clean.num_classes)
-    return attack_success_rate(clean.predict(trigger.apply(data.x)), data.y, targets)
+    triggered, unstamped = clean.predict(trigger.apply(data.x)), clean.predict(data.x)
+    return attack_success_rate(triggered, data.y, targets), trigger_flip_rate(unstamped, triggered, data.y, targets)
 
 
 def recovered_asr(handle, data, triggers) -> float:
@@ -70,8 +72,9 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed:
     if session.errors:
         return {"error": "; ".join(session.errors.values())}
     known = session.known_trigger
+    floor_asr, floor_moved = clean_model_asr(session.split.eval, known)
     out = {"fit": len(session.split.fit), "eval": len(session.split.eval), "target": known.target,
-           "floor_asr": clean_model_asr(session.split.eval, known)}
+           "floor_asr": floor_asr, "floor_moved": floor_moved}
     before = session.measure(session.handle)
     start = time.perf_counter()
     if mode == "known":
@@ -127,23 +130,24 @@ def row(stem: str, label: str, r: dict) -> str:
     if "error" in r:
         return f"| {stem} | {label} | error: {r['error']} |"
     b, t = r["before"], r["target"]
-    extra = (f"{pct(r.get('rec_asr_before'))} → {pct(r.get('rec_asr_after'))}" if "rec_asr_before" in r else pct(r["floor_asr"]))
+    extra = (f"{pct(r.get('rec_asr_before'))} → {pct(r.get('rec_asr_after'))}" if "rec_asr_before" in r
+             else f"{pct(r['floor_asr'])} / {pct(r['floor_moved'])}")
     if "edit" not in r:
         return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | nothing flagged: no defense | | | | | | {extra} | | "
                 f"{r['wall']:.1f} | {r['rss_mb']:.0f} |")
     e, a = r["edit"], r["repaired"]
     return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | {pct(e['asr'])} | **{pct(a['asr'])}** | "
-            f"{pct(a.get('asr_no_trigger'))} / {pct(a.get('asr_trigger_flips'))} | {pct(b['c_acc'])} | "
+            f"{pct(b.get('asr_no_trigger'))} → {pct(a.get('asr_no_trigger'))} / {pct(a.get('asr_trigger_flips'))} | {pct(b['c_acc'])} | "
             f"{pct(e['c_acc'])} | {pct(a['c_acc'])} (**{100 * (a['c_acc'] - b['c_acc']):+.2f}**) | "
             f"{target_acc(b, t)} → {target_acc(e, t)} → {target_acc(a, t)} | {extra} | "
             f"{r['defense_seconds']:.2f} + {r['repair_seconds']:.2f} ({r['repair_steps']} steps) | {r['wall']:.1f} | {r['rss_mb']:.0f} |")
 
 
-HEADER = ("| model | {label} | fit samples | true ASR before | after defense | after repair | after repair: to the target "
-          "without the trigger / moved by it | C-ACC before | after defense | "
+HEADER = ("| model | {label} | fit samples | true ASR before | after defense | after repair | to the target without the trigger, "
+          "before → after repair / moved by it after repair | C-ACC before | after defense | "
           "after repair (Δ) | target-class acc before → defense → repair | {extra} | defense + repair (s) | wall (s) | peak RSS (MB) |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-FLOOR = "true trigger's ASR on the clean model (floor)"
+FLOOR = "true trigger on the clean model: ASR / moved by it (floor)"
 RECOVERED = "recovered triggers' ASR before → after"
 
 
