@@ -165,10 +165,11 @@ def print_summary(result: dict, config) -> None:
     for stage in ("before", "after"):
         s = m.get(stage)
         if s and "c_acc" in s:
-            asr = f", ASR {s['asr']:.2%} ({s['asr_trigger']} trigger" if s.get("asr") is not None else ""
-            if asr:
-                asr += (f"; {s['asr_trigger_flips']:.2%} moved there by it, {s['asr_no_trigger']:.2%} go without it)"
-                        if s.get("asr_no_trigger") is not None else ")")
+            asr = ""
+            if s.get("asr") is not None:
+                split = (f"; {s['asr_trigger_flips']:.2%} moved there by it, {s['asr_no_trigger']:.2%} go without it"
+                         if s.get("asr_no_trigger") is not None else "")
+                asr = f", ASR {s['asr']:.2%} ({s['asr_trigger']} trigger{split})"
             click.echo(f"  {stage}: C-ACC {s['c_acc']:.2%}{asr}")
     outputs = (result.get("defense") or {}).get("outputs") or {}
     for kind, path in outputs.items():
