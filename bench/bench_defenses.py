@@ -130,10 +130,12 @@ def row(stem: str, label: str, r: dict) -> str:
     if "error" in r:
         return f"| {stem} | {label} | error: {r['error']} |"
     b, t = r["before"], r["target"]
-    extra = (f"{pct(r.get('rec_asr_before'))} → {pct(r.get('rec_asr_after'))}" if "rec_asr_before" in r
-             else f"{pct(r['floor_asr'])} / {pct(r['floor_moved'])}")
+    if "flagged" in r:  # a recovered-trigger row: its extra column is the recovered triggers' ASR
+        extra = f"{pct(r.get('rec_asr_before'))} → {pct(r.get('rec_asr_after'))}" if "rec_asr_before" in r else "—"
+    else:
+        extra = f"{pct(r['floor_asr'])} / {pct(r['floor_moved'])}"
     if "edit" not in r:
-        return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | nothing flagged: no defense | | | | | | {extra} | | "
+        return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | nothing flagged: no defense | | | | | | | {extra} | | "
                 f"{r['wall']:.1f} | {r['rss_mb']:.0f} |")
     e, a = r["edit"], r["repaired"]
     return (f"| {stem} | {label} | {r['fit']} | {pct(b['asr'])} | {pct(e['asr'])} | **{pct(a['asr'])}** | "
