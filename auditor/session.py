@@ -218,9 +218,11 @@ class AuditSession:
         rates = {}
         for c in self.flagged(result):
             triggers = self.recovered_triggers(result, c)
-            rate = lambda h: sum(self._fit_asr(h, t, c) for t in triggers) / len(triggers)  # noqa: E731
-            rates[c] = {"asr": rate(handle), "reference_asr": rate(self.reference)}
+            rates[c] = {"asr": self._mean_fit_asr(handle, triggers, c), "reference_asr": self._mean_fit_asr(self.reference, triggers, c)}
         return rates
+
+    def _mean_fit_asr(self, handle, triggers, target) -> float:
+        return sum(self._fit_asr(handle, t, target) for t in triggers) / len(triggers)
 
     def _fit_asr(self, handle, trigger, target) -> float:
         """The share of the audit's clean fit samples (not of `target`) that `trigger` sends to `target`."""

@@ -38,16 +38,14 @@ def model_path(stem: str) -> Path:
     raise SystemExit(f"no fixture model {stem}")
 
 
-def clean_model_asr(data, trigger) -> tuple[float, float]:
+def clean_model_asr(session, trigger) -> tuple[float, float]:
     """The trigger's 'ASR' on the clean fixture model, and the share of images it moves there (sent there
     with it, elsewhere without): what no defense can be expected to beat."""
     from auditor.loading import LoadRequest, load_model
-    from auditor.metrics import attack_success_rate, trigger_flip_rate
 
     clean = load_model(LoadRequest(path=ROOT / "fixtures" / "models" / "clean_cnn.pt"))
-    targets = trigger.target_labels(data.y, clean.num_classes)
-    triggered, unstamped = clean.predict(trigger.apply(data.x)), clean.predict(data.x)
-    return attack_success_rate(triggered, data.y, targets), trigger_flip_rate(unstamped, triggered, data.y, targets)
+    attack = session.measure_attack(clean, trigger)
+    return attack["asr"], attack["asr_trigger_flips"]
 
 
 def recovered_asr(handle, data, triggers) -> float:
@@ -72,7 +70,7 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed:
     if session.errors:
         return {"error": "; ".join(session.errors.values())}
     known = session.known_trigger
-    floor_asr, floor_moved = clean_model_asr(session.split.eval, known)
+    floor_asr, floor_moved = clean_model_asr(session, known)
     out = {"fit": len(session.split.fit), "eval": len(session.split.eval), "target": known.target,
            "floor_asr": floor_asr, "floor_moved": floor_moved}
     before = session.measure(session.handle)
