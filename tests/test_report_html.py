@@ -1,6 +1,6 @@
 """The HTML report's generative-scan tables mark exactly the candidates that reached the threshold."""
 
-from auditor.report.html import _generative_tables
+from auditor.report.html import _generative_tables, _metrics_table
 
 
 def test_generative_tables_flag_only_candidates_over_the_threshold():
@@ -32,3 +32,12 @@ def test_scan_section_says_who_flags():
     assert "flagged above 2.5" in _scan_section(dict(result, scan=nc))
     text = _scan_section(dict(result, scan=generative))
     assert "flagged above" not in text and "only ranks the classes" in text
+
+
+def test_metrics_table_explains_the_asr_split_only_when_it_shows_one():
+    no_asr = _metrics_table({"metrics": {"before": {"c_acc": 0.9, "eval_samples": 10, "asr": None}}})
+    assert "WITHOUT the trigger" not in no_asr and "ASR counts" not in no_asr
+    before = {"c_acc": 0.9, "eval_samples": 10, "asr": 0.5, "asr_trigger": "known", "target": 1,
+              "asr_no_trigger": 0.01, "asr_trigger_flips": 0.49}
+    with_asr = _metrics_table({"metrics": {"before": before}})
+    assert "WITHOUT the trigger" in with_asr and "ASR counts" in with_asr and "49.00%" in with_asr

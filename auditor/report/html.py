@@ -103,12 +103,13 @@ def _metrics_table(result: dict) -> str:
     if before.get("r_acc") is not None:
         rows.append(("R-ACC (triggered samples classified correctly)", before.get("r_acc"), None, after.get("r_acc")))
     body = "".join(f"<tr><th>{escape(name)}</th><td>{_pct(b)}</td><td>{_pct(e)}</td><td>{_pct(a)}</td></tr>" for name, b, e, a in rows)
+    split = ("ASR counts every non-target image the triggered input sends to the target, including those the model sends "
+             "there without any trigger (its own confusion, which a defense that keeps the class leaves in place); "
+             "the row \"moved to the target BY the trigger\" is what the trigger itself does."
+             if before.get("asr_no_trigger") is not None else "")
     return ("<h3>Attack success and accuracy</h3>"
             f'<table class="grid"><tr><th></th><th>Before (as delivered)</th><th>After unlearning</th><th>After repair</th></tr>{body}</table>'
-            f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense. "
-            "ASR counts every non-target image the triggered input sends to the target, including those the model sends "
-            "there without any trigger (its own confusion, which a defense that keeps the class leaves in place); "
-            "the row \"moved to the target BY the trigger\" is what the trigger itself does.</p>")
+            f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense.{' ' + split if split else ''}</p>")
 
 
 def _checks_matrix(result: dict) -> str:
