@@ -100,18 +100,29 @@ def test_hostile_case_fails_closed(case, corpus_root, tmp_path, monkeypatch):
 
 def test_payloads_are_live(tmp_path):
     """The corpus bites: unpickling the files (what torch.load(weights_only=False) or
-    np.load(allow_pickle=True) would do) creates the markers. Harmless: each only touches a file."""
+    np.load(allow_pickle=True) would do), or loading a TorchScript archive with torch.jit.load and
+    running its methods, creates the markers. Harmless: each only touches a file."""
     live = corpus.build(tmp_path, {c.name for c in corpus.CASES if c.live})
     script = (
-        "import pickle, sys, numpy\n"
+        "import pickle, sys, numpy, torch, warnings\n"
+        "warnings.simplefilter('ignore')\n"
         "for path in sys.argv[1:]:\n"
-        "    if path.endswith('.npz'):\n"
+        "    kind, path = path.split(':', 1)\n"
+        "    if kind == 'torchscript':\n"
+        "        try:\n"
+        "            m = torch.jit.load(path)\n"  # __setstate__ runs here
+        "            m(torch.zeros(1, 1, 28, 28))\n"
+        "            if hasattr(m, 'calibrate'):\n"
+        "                m.calibrate(torch.zeros(1))\n"
+        "        except RuntimeError:\n"
+        "            pass\n"  # a __setstate__ payload leaves the module half-built, after it ran
+        "    elif path.endswith('.npz'):\n"
         "        numpy.load(path, allow_pickle=True)['x']\n"
         "    else:\n"
         "        with open(path, 'rb') as fh:\n"
         "            pickle.load(fh)\n"
     )
-    files = [str(c.folder(tmp_path) / (c.data or c.filename)) for c in live]
+    files = [f"{c.group}:{c.folder(tmp_path) / (c.data or c.filename)}" for c in live]
     subprocess.run([sys.executable, "-c", script, *files], cwd=tmp_path, check=True, timeout=120,
                    capture_output=True)
     deadline = time.monotonic() + 10  # Popen and spawnv return before their child has run
@@ -123,13 +134,17 @@ def test_payloads_are_live(tmp_path):
 @pytest.mark.parametrize("case", [c for c in corpus.CASES if c.group in ("pickle", "zip", "torchscript")],
                          ids=lambda c: c.name)
 def test_static_scan_refuses(case, corpus_root):
+    """The serialization check's static pass alone (container, pickles, TorchScript code) refuses every
+    case: what the loader refuses, the report's first check already says, before anything is loaded."""
     from auditor.loading.pickle_scan import scan_file
+    from auditor.loading.safety import inspect_file
 
+    report = inspect_file(case.model(corpus_root))
+    assert not report.ok, report
     try:
         result = scan_file(case.model(corpus_root))
     except AuditorInputError:
         return
-    assert not result.ok
     if case.name in ("zip_uppercase_data_pkl", "polyglot_no_proto_header"):  # scanner bypasses, now fixed
         assert "os.system" in {f.qualname for f in result.unsafe}
 

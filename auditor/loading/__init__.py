@@ -136,7 +136,7 @@ def load_model(request: LoadRequest) -> ModelHandle:
             state = load_safetensors_file(path, files.safetensors_header(path, size), size)
             fmt_name = "safetensors"
         else:
-            state = load_state_dict_file(path)
+            state = load_state_dict_file(path, zipped=fmt == "torch-zip")
             fmt_name = "state_dict"
         arch_spec, kwargs, trusted_only = request.arch, dict(request.arch_kwargs), False
         if arch_spec is None and isinstance(meta.get("arch"), dict):

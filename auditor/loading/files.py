@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import AuditorInputError
-from .pickle_scan import _looks_like_pickle
+from .pickle_scan import _looks_like_pickle, is_torchscript_archive
 
 DEFAULT_MAX_BYTES = 4 * 2**30  # 4 GiB
 
@@ -73,7 +73,7 @@ def sniff_format(path: Path, size: int) -> str:
                 names = zf.namelist()
         except Exception as exc:  # BadZipFile, OSError, undecodable names, unsupported zip versions ...
             raise AuditorInputError(f"{path}: corrupt zip archive: {exc}") from None
-        if any("/code/" in n or n.startswith("code/") for n in names) and any(n.endswith("constants.pkl") for n in names):
+        if is_torchscript_archive(names):
             return "torchscript"
         return "torch-zip"
     if head[:4] == b"PK\x03\x04":

@@ -64,7 +64,8 @@ def is_allowed(module: str, name: str, torchscript: bool = False) -> bool:
     if "." in name or not name:
         return False
     if torchscript and (module == "__torch__" or module.startswith("__torch__.")):
-        return True
+        # the archive's own classes; torch.classes are C++ classes whose __setstate__ is native code
+        return not (module == "__torch__.torch.classes" or module.startswith("__torch__.torch.classes."))
     if torchscript and module == "torch.jit._pickle" and name in _TORCHSCRIPT_HELPERS:
         return True
     return f"{module}.{name}" in ALLOWED_GLOBALS
@@ -319,6 +320,13 @@ def _looks_like_pickle(head: bytes) -> bool:
     return op is not None and op.proto <= 1 and head[:2] != b"PK"
 
 
+def is_torchscript_archive(names: list[str]) -> bool:
+    """A zip with code in it is a TorchScript program whatever else it holds; torch finds its records
+    case-insensitively, so `ARCHIVE/CODE/X.PY` and `CONSTANTS.PKL` count too."""
+    lower = [n.lower() for n in names]
+    return any(n.endswith(".py") for n in lower) or any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in lower)
+
+
 def _is_pkl_name(name: str) -> bool:
     # torch's zip reader (miniz) finds records case-insensitively: "archive/DATA.PKL" is its data.pkl.
     return name.lower().endswith((".pkl", ".debug_pkl"))
@@ -371,8 +379,7 @@ def _scan_open_file(path: str, fh, limit: int) -> PickleScanResult:
             problems.append(f"corrupt zip archive: {exc}")
             infos = []
         names = [i.filename for i in infos]
-        torchscript = any(n.startswith("code/") or "/code/" in n or n.rsplit("/", 1)[-1] == "constants.pkl"
-                          for n in names)
+        torchscript = is_torchscript_archive(names)
         for info in infos:
             if not info.filename or "\x00" in info.orig_filename:  # zipfile cuts names at a NUL, torch does not
                 problems.append(f"zip member name {info.orig_filename!r} is empty or contains a NUL byte")

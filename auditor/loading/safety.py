@@ -15,6 +15,8 @@ from ..errors import AuditorInputError
 from . import files
 from .onnx_files import DTYPE_BYTES, STANDARD_DOMAINS, external_target, model_nodes, model_tensors, text
 from .pickle_scan import scan_file
+from .torchscript_code import inspect_sources
+from .zip_container import container_problems
 
 
 @dataclass
@@ -37,8 +39,12 @@ def inspect_file(path: Path, max_file_bytes: int = files.DEFAULT_MAX_BYTES, max_
     except AuditorInputError as exc:
         return SafetyReport(str(path), "unknown", problems=[str(exc)])
     report = SafetyReport(str(path), fmt)
+    if fmt in ("torch-zip", "torchscript"):
+        report.findings.extend(f"container: {p}" for p in container_problems(path))
     if fmt in ("torch-zip", "torchscript", "pickle"):
         _inspect_pickles(path, report)
+    if fmt == "torchscript":
+        _inspect_torchscript_code(path, report)
     elif fmt == "safetensors":
         _inspect_safetensors(path, size, report)
     elif fmt == "onnx":
@@ -55,6 +61,20 @@ def _inspect_pickles(path: Path, report: SafetyReport) -> None:
     report.info.append(f"pickles scanned: {', '.join(result.members) or 'none'}")
     if allowed:
         report.info.append(f"allowed globals: {', '.join(allowed)}")
+
+
+def _inspect_torchscript_code(path: Path, report: SafetyReport) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            code = inspect_sources(zf)
+    except Exception as exc:  # BadZipFile, OSError, undecodable names ...
+        report.problems.append(f"corrupt TorchScript archive: {exc}")
+        return
+    report.findings.extend(code.findings)
+    report.info.append(f"TorchScript code read before loading: {len(code.members)} files, {len(code.classes)} classes"
+                       + ("; every call is on the allow-list of pure tensor operators" if not code.findings else ""))
 
 
 def _inspect_safetensors(path: Path, size: int, report: SafetyReport) -> None:

@@ -10,6 +10,7 @@ import functools
 import importlib
 import json
 import struct
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from torch import nn
 
 from ..errors import AuditorInputError, UnsafeModelError
 from .pickle_scan import scan_file
+from .torchscript_code import REEXPORT_HINT, inspect_graphs, inspect_sources
+from .zip_container import container_problems
 
 # Architectures a sidecar metadata file may name. A metadata file travels with an untrusted model,
 # so it must not be able to make us import and call arbitrary code; --arch on the command line can.
@@ -96,7 +99,9 @@ def _refuse_unsafe_pickle(path: Path) -> None:
         raise UnsafeModelError(f"{path}: refused: the pickle cannot be read safely: {result.problems[0]}")
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: Path, zipped: bool = False) -> dict[str, torch.Tensor]:
+    if zipped:
+        refuse_bad_container(path)
     _refuse_unsafe_pickle(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -146,15 +151,44 @@ def load_safetensors_file(path: Path, header: dict, size: int) -> dict[str, torc
         raise AuditorInputError(f"{path}: corrupt safetensors file: {exc}") from None
 
 
+def refuse_bad_container(path: Path) -> None:
+    problems = container_problems(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UnsafeModelError(f"{path}: refused: {problems[0]}{more}")
+
+
+def _refuse(path: Path, findings: list[str]) -> None:
+    more = f" (and {len(findings) - 2} more)" if len(findings) > 2 else ""
+    raise UnsafeModelError(f"{path}: refused: {'; '.join(findings[:2])}{more}; {REEXPORT_HINT}")
+
+
 def load_torchscript_file(path: Path) -> nn.Module:
-    # TorchScript code is restricted TorchScript, not Python, and its pickles resolve only torch
-    # types; the static scan still runs so foreign globals are refused before torch sees them.
+    """Container, pickles and code are read statically first; torch.jit.load runs only on an archive
+    with no __setstate__ and no call outside the allow-list, and its compiled graphs are checked
+    again before the caller runs anything."""
+    import zipfile
+
+    refuse_bad_container(path)
     _refuse_unsafe_pickle(path)
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with zipfile.ZipFile(path) as zf:
+            code = inspect_sources(zf)
+    except Exception as exc:  # BadZipFile, OSError, undecodable names ...
+        raise AuditorInputError(f"{path}: corrupt TorchScript archive: {exc}") from None
+    if code.findings:
+        _refuse(path, code.findings)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": not the user's concern
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AuditorInputError(f"{path}: cannot load TorchScript archive: {first}") from None
+    findings = inspect_graphs(module, code.classes)
+    if findings:
+        _refuse(path, findings)
+    return module
 
 
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:

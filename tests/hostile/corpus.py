@@ -407,6 +407,150 @@ def _ts_constants(folder, marker):
     (folder / "model.pt").write_bytes(write_zip(members))
 
 
+def scripted_archive(module) -> bytes:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated
+        buf = io.BytesIO()
+        torch.jit.save(torch.jit.script(module), buf)
+    return buf.getvalue()
+
+
+def _saving_modules(marker: Path) -> dict:
+    """TorchScript modules that write the marker with torch.save from where torch would run them."""
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flat = nn.Flatten()
+            self.fc = nn.Linear(784, 10)
+            self.path = str(marker)
+
+    class SetState(Head):  # the issue's case: torch.jit.load itself calls __setstate__
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.flat(x))
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[str, bool]:
+            return (self.path, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, bool]) -> None:
+            torch.save(torch.zeros(1), state[0])
+            self.path = state[0]
+            self.training = state[1]
+
+    class Forward(Head):  # runs on the first forward: the loads-and-runs probe
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            torch.save(torch.zeros(1), self.path)
+            return self.fc(self.flat(x))
+
+    class Exported(Head):  # an exported method nobody calls while auditing
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.flat(x))
+
+        @torch.jit.export
+        def calibrate(self, x: torch.Tensor) -> torch.Tensor:
+            torch.save(x, self.path)
+            return x
+
+    class Forked(Head):  # the write happens on another interpreter thread
+        def write(self, x: torch.Tensor) -> torch.Tensor:
+            torch.save(x, self.path)
+            return x
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            future = torch.jit.fork(self.write, x)
+            return self.fc(self.flat(torch.jit.wait(future)))
+
+    return {"setstate": SetState, "forward": Forward, "exported": Exported, "fork": Forked}
+
+
+def _ts_case(name: str, kind: str, edit: Callable[[str], str] | None = None, expect: str = "refused"):
+    """A live TorchScript payload; `edit` rewrites its code files as an attacker would by hand."""
+
+    def build_ts(folder, marker):
+        data = scripted_archive(_saving_modules(marker)[kind]())
+        if edit is not None:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                members = [(i.filename, edit(zf.read(i).decode()).encode() if i.filename.endswith(".py") else zf.read(i))
+                           for i in zf.infolist()]
+            data = write_zip(members)
+        (folder / "model.pt").write_bytes(data)
+
+    case(name, "torchscript", expect, live=True)(build_ts)
+
+
+_ts_case("torchscript_setstate_saves_file", "setstate", expect="__setstate__")
+_ts_case("torchscript_forward_saves_file", "forward", expect="torch.save")
+_ts_case("torchscript_exported_method_saves_file", "exported", expect="torch.save")
+_ts_case("torchscript_fork_saves_file", "fork", expect="fork")
+_ts_case("torchscript_save_through_ops_aten", "forward", edit=lambda code: code.replace("torch.save(", "ops.aten.save("),
+         expect="ops.aten.save")
+_ts_case("torchscript_save_through_alias", "forward",
+         edit=lambda code: code.replace("    torch.save(", "    _write = torch.save\n    _write("), expect="torch.save")
+
+
+@case("torchscript_setstate_in_uppercase_member", "torchscript", "__setstate__", live=True)
+def _ts_upper(folder, marker):
+    # torch finds code files case-insensitively: CODE/__TORCH__.PY is the class's source to it
+    data = scripted_archive(_saving_modules(marker)["setstate"]())
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = [(i.filename.upper() if i.filename.endswith(".py") else i.filename, zf.read(i)) for i in zf.infolist()]
+    (folder / "model.pt").write_bytes(write_zip(members))
+
+
+@case("torchscript_custom_class_global", "torchscript", "refused")
+def _ts_custom_class(folder, marker):
+    # data.pkl names a C++ custom class: its __setstate__ is native code, whatever the archive's code says
+    members = [(n, d.replace(b"c__torch__.torch.nn.modules.linear\nLinear",
+                          b"c__torch__.torch.classes.quantized\nLinearPackedParamsBase")
+                if n.endswith("data.pkl") else d) for n, d in torchscript_members()]
+    (folder / "model.pt").write_bytes(write_zip(members))
+
+
+# ---------------------------------------------------------------- zip container hygiene
+
+
+def _member_case(name: str, expect: str, extra_name: str):
+    @_zip_case(name, expect=expect)
+    def payload(marker):
+        return write_zip(clean_zip_members() + [(extra_name, os_system(marker))])
+
+    return payload
+
+
+_member_case("zip_slip_member", "zip-slip", "archive/../../evil.pkl")
+_member_case("zip_absolute_member", "absolute", "/tmp/evil.pkl")
+_member_case("zip_backslash_member", "backslash", "archive\\..\\evil.pkl")
+_member_case("zip_control_char_member", "control character", "archive/evil\x1b.pkl")
+_member_case("zip_case_duplicate_data_pkl", "appears twice", "ARCHIVE/DATA.PKL")
+
+
+def _patch_local_header(data: bytes, member: str, offset: int, value: bytes) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        start = zf.getinfo(member).header_offset
+    return data[: start + offset] + value + data[start + offset + len(value):]
+
+
+@_zip_case("zip_local_header_other_name", expect="local header")
+def _zip_header_name(marker):
+    # the local header names data.pkl "archive/data.pkX": readers that trust it see another file
+    data = evil_zip(marker)
+    return _patch_local_header(data, "archive/data.pkl", 30 + len("archive/data.pk"), b"X")
+
+
+@_zip_case("zip_local_header_other_method", expect="local header")
+def _zip_header_method(marker):
+    data = write_zip(clean_zip_members())
+    return _patch_local_header(data, "archive/data.pkl", 8, struct.pack("<H", 8))  # says deflated, is stored
+
+
 # ---------------------------------------------------------------- ONNX
 
 def clean_onnx():
