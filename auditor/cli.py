@@ -103,11 +103,12 @@ path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
 @click.option("--junitxml", type=path_in, help="Write JUnit XML here.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="auditor.toml, or a pyproject.toml with [tool.auditor].")
 @click.option("--max-file-bytes", type=click.IntRange(1), help="Refuse model files larger than this.  [default: 4 GiB]")
+@click.option("--device", help="Where scans, defenses and evaluation run: auto (a GPU when torch sees one), cpu, cuda or cuda:N; onnxruntime follows it.  [default: auto]")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
 def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, reference_model, trigger, clean_samples, seed,
          scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,
          anomaly_threshold, max_mask_ratio, min_generative_asr, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, config_file,
-         max_file_bytes, quiet):
+         max_file_bytes, device, quiet):
     """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors or .onnx).
 
     \b
@@ -123,7 +124,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
         repair_params=_key_values(repair_params, "--repair-param"), min_accuracy=min_accuracy,
         max_accuracy_drop=max_accuracy_drop, max_class_drop=max_class_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, min_generative_asr=min_generative_asr, max_asr=max_asr, gate=gate,
         checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml,
-        max_file_bytes=max_file_bytes, quiet=quiet,
+        max_file_bytes=max_file_bytes, device=device, quiet=quiet,
     )
     try:
         if config_file is None and Path("auditor.toml").is_file():

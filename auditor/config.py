@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -47,11 +48,14 @@ class AuditConfig:
     json: Path | None = None
     junitxml: Path | None = None
     max_file_bytes: int = 4 * 2**30
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; checked against the machine when the model loads
     quiet: bool = False
 
     def __post_init__(self):
         if self.clean_samples < 1:
             raise AuditorInputError("--clean-samples must be at least 1 (per class)")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise AuditorInputError(f"--device {self.device}: expected auto, cpu, cuda or cuda:N")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
         for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop", "max_asr", "max_mask_ratio", "min_generative_asr"):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import AuditorInputError
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,31 @@ class ModelInfo:
     opset: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    device: str = "cpu"  # where scans, defenses and torch evaluation run
+    ort_providers: tuple[str, ...] = ()  # onnxruntime's providers for an ONNX file's own predictions
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` (a CUDA device when torch sees one, else the CPU), `cpu`, `cuda` or `cuda:N`.
+
+    Asking for a GPU that is not there is the user's error (exit 2), never a silent CPU run."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not match:
+        raise AuditorInputError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(match.group(1) or 0)
+    if index >= count:
+        seen = f"torch sees {count} CUDA device{'s' if count != 1 else ''}" if count else "torch sees no CUDA device here"
+        raise AuditorInputError(f"--device {spec}: {seen}; use --device cpu or auto")
+    return torch.device("cuda", index)
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 class ModelHandle:

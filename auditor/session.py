@@ -135,7 +135,8 @@ class AuditSession:
 
         cfg = self.config
         base = LoadRequest(path=Path(path), arch=cfg.arch, arch_kwargs=dict(cfg.arch_kwargs), input_shape=cfg.input_shape,
-                           mean=cfg.mean, std=cfg.std, metadata_path=cfg.metadata, max_file_bytes=cfg.max_file_bytes)
+                           mean=cfg.mean, std=cfg.std, metadata_path=cfg.metadata, max_file_bytes=cfg.max_file_bytes,
+                           device=cfg.device)
         return replace(base, **overrides)
 
     def require(self, *what: str) -> None:

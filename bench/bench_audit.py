@@ -24,7 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "fixtures" / "models"
 ZOO = ROOT / "fixtures" / "zoo"
-AUDITOR = str(Path(sys.executable).parent / "auditor")
+AUDITOR = ([str(Path(sys.executable).parent / "auditor")] if (Path(sys.executable).parent / "auditor").exists()
+           else [sys.executable, "-m", "auditor.cli"])  # e.g. run from a checkout with PYTHONPATH set
+DEVICE = "auto"
 # (model file, its true trigger or None for a clean model)
 CASES = [
     (MODELS / "badnets_cnn.pt", MODELS / "badnets_cnn.trigger.json"), (MODELS / "badnets_cnn.onnx", MODELS / "badnets_cnn.trigger.json"),
@@ -34,8 +36,8 @@ RESNET_CASES = [(ZOO / "resnet18_badnets.pt", ZOO / "resnet18_badnets.trigger.js
 
 
 def run_audit(model: Path, trigger: Path | None, out: Path) -> dict:
-    args = [AUDITOR, "scan", str(model), "-q", "--output-dir", str(out), "--json", str(out / f"{model.name}.json"),
-            "--html", str(out / f"{model.name}.html")]
+    args = [*AUDITOR, "scan", str(model), "-q", "--output-dir", str(out), "--json", str(out / f"{model.name}.json"),
+            "--html", str(out / f"{model.name}.html"), "--device", DEVICE]
     if trigger:
         args += ["--trigger", str(trigger)]
     start = time.perf_counter()
@@ -77,7 +79,7 @@ def nc_batched_vs_loop(model: Path) -> None:
     from auditor.scans.neural_cleanse import NeuralCleanseParams, anomaly_index, neural_cleanse
     from auditor.session import AuditSession
 
-    session = AuditSession(AuditConfig(model=model), progress=lambda m: None)
+    session = AuditSession(AuditConfig(model=model, device=DEVICE), progress=lambda m: None)
     session.prepare()
     handle, fit = session.handle, session.split.fit
     params = NeuralCleanseParams()
@@ -102,14 +104,21 @@ def main() -> None:
     parser.add_argument("--skip-audits", action="store_true")
     parser.add_argument("--skip-nc", action="store_true", help="skip the batched vs per-class NC comparison")
     parser.add_argument("--resnet", action="store_true", help="the zoo's ResNet-18 models instead of the small CNNs")
+    parser.add_argument("--device", default="auto", help="passed to every audit: auto, cpu, cuda or cuda:N")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     cases = RESNET_CASES if args.resnet else CASES
     missing = [str(m) for m, _ in cases if not m.exists()]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: build them with fixtures/build_zoo.py (see its docstring)")
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}\n")
+    from auditor.model import resolve_device
+
+    device = resolve_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({where})\n")
     if not args.skip_audits:
         audits(cases)
     if args.skip_nc:

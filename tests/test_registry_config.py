@@ -181,3 +181,54 @@ def test_with_outputs_default_html():
     assert cfg.html == Path("out") / "m.pt.html"
     explicit = with_outputs(build_config(_cli(html=Path("r.html")), None))
     assert explicit.html == Path("r.html")
+
+
+# ---------------------------------------------------------------- --device
+
+
+def test_device_auto_and_cpu_resolve_without_a_gpu():
+    import torch
+
+    from auditor.model import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.parametrize("spec, says", [("gpu", "expected auto, cpu, cuda or cuda:N"), ("cuda:x", "expected auto"),
+                                        ("cuda:99", "CUDA device")])
+def test_device_errors_are_one_line_input_errors(spec, says):
+    from auditor.model import resolve_device
+
+    with pytest.raises(AuditorInputError, match=says):
+        resolve_device(spec)
+
+
+def test_device_syntax_is_checked_before_anything_loads():
+    with pytest.raises(AuditorInputError, match="--device tpu"):
+        AuditConfig(model=Path("m.pt"), device="tpu")
+
+
+def test_cuda_without_a_gpu_exits_2_with_one_line(tmp_path, monkeypatch):
+    import torch
+    from click.testing import CliRunner
+
+    from auditor.cli import cli
+    from conftest import CLEAN_ONNX
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI, whatever this machine has
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["scan", str(CLEAN_ONNX), "--device", "cuda", "-q", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == ("auditor: error: --device cuda: torch sees no CUDA device here; "
+                                             "use --device cpu or auto")
+
+
+def test_device_and_onnxruntime_providers_are_recorded(tmp_path):
+    from auditor.loading import LoadRequest, load_model
+    from conftest import CLEAN_ONNX
+
+    handle = load_model(LoadRequest(CLEAN_ONNX, device="cpu"))
+    assert handle.device.type == "cpu" and handle.info.device == "cpu"
+    assert handle.info.ort_providers == ("CPUExecutionProvider",)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import AuditorInputError
-from ..model import ModelHandle, ModelInfo
+from ..model import ModelHandle, ModelInfo, resolve_device
 from . import files
 
 DEFAULT_MAX_TENSOR_BYTES = 2 * 2**30
@@ -32,6 +32,7 @@ class LoadRequest:
     metadata_path: Path | None = None
     max_file_bytes: int = files.DEFAULT_MAX_BYTES
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
 def read_metadata(request: LoadRequest) -> tuple[dict, Path | None]:
@@ -110,6 +111,7 @@ def _normalisation(request: LoadRequest, meta: dict, channels: int) -> tuple[tup
 
 def load_model(request: LoadRequest) -> ModelHandle:
     path = request.path
+    device = resolve_device(request.device)  # before any work: a missing GPU is an input error
     size = files.check_readable(path, request.max_file_bytes)
     digest = files.sha256(path)
     fmt = files.sniff_format(path, size)
@@ -122,7 +124,7 @@ def load_model(request: LoadRequest) -> ModelHandle:
         onnx_model, facts = read_and_validate(path, request.max_tensor_bytes)
         if facts.custom_domains:
             raise AuditorInputError(f"{path}: uses custom op domains {', '.join(facts.custom_domains)}, which need native code to run")
-        ort_runner = OrtRunner(onnx_model.SerializeToString(), path)
+        ort_runner = OrtRunner(onnx_model.SerializeToString(), path, device)
         module = to_torch(onnx_model, path)
         opset, onnx_dims, arch, fmt_name = facts.opset, facts.input_shape, "onnx2torch", "onnx"
     elif fmt == "torchscript":
@@ -166,9 +168,10 @@ def load_model(request: LoadRequest) -> ModelHandle:
     info = ModelInfo(
         path=str(path), sha256=digest, format=fmt_name, size_bytes=size, param_count=param_count,
         input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, arch=arch, opset=opset,
-        metadata=meta, notes=tuple(notes),
+        metadata=meta, notes=tuple(notes), device=str(device),
+        ort_providers=tuple(ort_runner.providers) if ort_runner else (),
     )
-    return ModelHandle(module, info, ort_session=ort_runner)
+    return ModelHandle(module, info, ort_session=ort_runner, device=device)
 
 
 def _probe_classes(module: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> int:

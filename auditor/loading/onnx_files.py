@@ -146,26 +146,26 @@ def model_nodes(model):
         yield from _all_nodes(graph)
 
 
-def ort_providers() -> list[str]:
-    """CUDA only when torch sees a GPU and onnxruntime has the provider; asking for absent CUDA is noisy."""
+def ort_providers(device: torch.device) -> list:
+    """onnxruntime follows the audit's device: its CUDA provider on that GPU when the device is CUDA and
+    this onnxruntime has one, else its CPU provider (chosen explicitly: a missing CUDA provider is noisy)."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    if torch.cuda.is_available() and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
 class OrtRunner:
     """An onnxruntime session fed normalised float32 batches; honours a batch size fixed in the graph."""
 
-    def __init__(self, model_bytes: bytes, path: Path):
+    def __init__(self, model_bytes: bytes, path: Path, device: torch.device):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(model_bytes, sess_options=options, providers=ort_providers())
+            self.session = ort.InferenceSession(model_bytes, sess_options=options, providers=ort_providers(device))
         except Exception as exc:
             raise AuditorInputError(f"{path}: onnxruntime cannot run the model: {str(exc).strip().splitlines()[0]}") from None
         first = self.session.get_inputs()[0]

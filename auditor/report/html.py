@@ -304,6 +304,8 @@ def _facts(result: dict) -> str:
         ("Input (C, H, W)", model.get("input_shape")), ("Normalisation", f"mean {model.get('mean')}, std {model.get('std')}" if model.get("mean") else None),
         ("Notes", "; ".join(model.get("notes") or []) or None),
         ("Clean data", f"{data.get('source')}: {data.get('fit_samples')} fit / {data.get('eval_samples')} evaluation samples" if data else None),
+        ("Device", (model.get("device") or None) and model["device"] + (
+            f" (onnxruntime: {', '.join(model['onnxruntime_providers'])})" if model.get("onnxruntime_providers") else "")),
         ("Seed", result["seed"]), ("Defense", _defense_summary(defense) if defense.get("applied") else "not applied"),
         ("Repair", _repair_summary(defense.get("repair")) if defense.get("applied") else None),
         ("Repaired files", ", ".join((defense.get("outputs") or {}).values()) or None),
