@@ -51,7 +51,7 @@ def repaired_metadata(info: ModelInfo, arch: str | None, arch_kwargs: dict, prov
     meta["auditor_metadata"] = 1
     meta["name"] = f"{source.get('name') or Path(info.path).stem}.repaired"
     meta.pop("arch", None)  # an ONNX or TorchScript file carries its graph; its weights file is an onnx2torch module's
-    if arch and info.format in ("state_dict", "safetensors"):
+    if arch and _needs_arch(info.format):
         meta["arch"] = {"callable": arch, "kwargs": dict(arch_kwargs)}
     channels, height, width = info.input_shape
     inp = {**(source.get("input") or {}), "channels": channels, "height": height, "width": width}
@@ -64,6 +64,12 @@ def repaired_metadata(info: ModelInfo, arch: str | None, arch_kwargs: dict, prov
     return meta
 
 
+def _needs_arch(format_name: str) -> bool:
+    from .loading.formats import by_name
+
+    return by_name(format_name).needs_arch
+
+
 def repaired_model_file(outputs: dict):
     """Of what write_repaired wrote, the model file the after stage audits: the ONNX export when there is
     one (the file as it will run), else the weights file; never the metadata sidecar."""
@@ -72,29 +78,12 @@ def repaired_model_file(outputs: dict):
 
 def write_repaired(handle: ModelHandle, source: ModelHandle, output_dir: Path, protected: tuple[Path, ...],
                    metadata: dict | None = None) -> dict[str, Path]:
-    """Write `handle` in the format of the `source` file, and `metadata` as its sidecar
-    `<stem>.repaired.json`. Returns {"state_dict"|"onnx"|...|"metadata": path}."""
-    stem = Path(source.info.path).stem
-    fmt = source.info.format
-    module = handle.module
-    written: dict[str, Path] = {}
-    if fmt == "torchscript":
-        written["torchscript"] = atomic_write(output_dir / f"{stem}.repaired.pt",
-                                              lambda p: torch.jit.save(module.cpu(), str(p)), protected)
-    elif fmt == "safetensors":
-        from safetensors.torch import save_file
+    """Write `handle` in the format of the `source` file (its format module's `write`), and `metadata`
+    as its sidecar `<stem>.repaired.json`. Returns {"state_dict"|"onnx"|...|"metadata": path}."""
+    from .loading.formats import by_name
 
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        written["safetensors"] = atomic_write(output_dir / f"{stem}.repaired.safetensors", lambda p: save_file(state, str(p)), protected)
-    else:
-        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        written["state_dict"] = atomic_write(output_dir / f"{stem}.repaired.pt", lambda p: torch.save(state, p), protected)
-    if fmt == "onnx":
-        input_name = source.ort_session.input_name if source.ort_session else "input"
-        written["onnx"] = atomic_write(
-            output_dir / f"{stem}.repaired.onnx",
-            lambda p: export_onnx(module, p, source.input_shape, input_name), protected,
-        )
+    stem = Path(source.info.path).stem
+    written = by_name(source.info.format).write(handle, source, output_dir, stem, protected)
     if metadata is not None:
         text = json.dumps(metadata, indent=1)
         written["metadata"] = atomic_write(output_dir / f"{stem}.repaired.json", lambda p: p.write_text(text), protected)

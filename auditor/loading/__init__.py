@@ -1,4 +1,5 @@
-"""load_model(request) -> ModelHandle for PyTorch (state_dict, safetensors, TorchScript) and ONNX files.
+"""load_model(request) -> ModelHandle for every registered format (`formats/`: state_dict, safetensors,
+TorchScript, ONNX).
 
 Fail closed: anything that would run code, reach outside the model's folder, or is malformed raises
 AuditorInputError (exit 2) with one line naming the file and the problem. Input files are only read.
@@ -110,54 +111,19 @@ def _normalisation(request: LoadRequest, meta: dict, channels: int) -> tuple[tup
 
 
 def load_model(request: LoadRequest) -> ModelHandle:
+    from .formats import detect
+
     path = request.path
     device = resolve_device(request.device)  # before any work: a missing GPU is an input error
     size = files.check_readable(path, request.max_file_bytes)
     digest = files.sha256(path)
-    fmt = files.sniff_format(path, size)
+    fmt, probe = detect(path, size)
     meta, meta_path = read_metadata(request)
-    ort_runner, opset, onnx_dims, notes = None, None, None, []
-
-    if fmt == "onnx":
-        from .onnx_files import OrtRunner, read_and_validate, to_torch
-
-        onnx_model, facts = read_and_validate(path, request.max_tensor_bytes)
-        if facts.custom_domains:
-            raise AuditorInputError(f"{path}: uses custom op domains {', '.join(facts.custom_domains)}, which need native code to run")
-        ort_runner = OrtRunner(onnx_model.SerializeToString(), path, device)
-        module = to_torch(onnx_model, path)
-        opset, onnx_dims, arch, fmt_name = facts.opset, facts.input_shape, "onnx2torch", "onnx"
-    elif fmt == "torchscript":
-        from .torch_files import load_torchscript_file
-
-        module, arch, fmt_name = load_torchscript_file(path), "torchscript", "torchscript"
-    else:
-        from .torch_files import build_arch, load_safetensors_file, load_state_dict_file, apply_state_dict
-
-        if fmt == "safetensors":
-            state = load_safetensors_file(path, files.safetensors_header(path, size), size)
-            fmt_name = "safetensors"
-        else:
-            state = load_state_dict_file(path, zipped=fmt == "torch-zip")
-            fmt_name = "state_dict"
-        arch_spec, kwargs, trusted_only = request.arch, dict(request.arch_kwargs), False
-        if arch_spec is None and isinstance(meta.get("arch"), dict):
-            arch_spec, kwargs, trusted_only = meta["arch"].get("callable"), dict(meta["arch"].get("kwargs", {})), True
-        if not arch_spec:
-            raise AuditorInputError(
-                f"{path}: a state_dict holds weights only; pass --arch (a torchvision name such as resnet18, "
-                "or package.module:callable)"
-            )
-        try:
-            module = build_arch(arch_spec, kwargs, trusted_only, request.max_tensor_bytes)
-        except AuditorInputError as exc:  # name the model, and the metadata file the architecture came from
-            raise type(exc)(f"{path}: {exc} (architecture from {meta_path})" if trusted_only else str(exc)) from None
-        apply_state_dict(module, state, path, arch_spec)
-        arch = arch_spec
-
+    loaded = fmt.load(request, probe, meta, meta_path, device)
+    module, notes = loaded.module, list(loaded.notes)
     module.eval()
     param_count = _check_finite(module, path)
-    input_shape, _ = _resolve_input(request, meta, onnx_dims)
+    input_shape, _ = _resolve_input(request, meta, loaded.input_dims)
     if input_shape is None:
         raise AuditorInputError(f"{path}: cannot tell the input size; pass --input-size C,H,W (e.g. 3,32,32)")
     mean, std, norm_notes = _normalisation(request, meta, input_shape[0])
@@ -166,12 +132,12 @@ def load_model(request: LoadRequest) -> ModelHandle:
     if meta.get("num_classes") not in (None, num_classes):
         raise AuditorInputError(f"{path}: metadata says {meta['num_classes']} classes, the model outputs {num_classes}")
     info = ModelInfo(
-        path=str(path), sha256=digest, format=fmt_name, size_bytes=size, param_count=param_count,
-        input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, arch=arch, opset=opset,
+        path=str(path), sha256=digest, format=fmt.name, size_bytes=size, param_count=param_count,
+        input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, arch=loaded.arch, opset=loaded.opset,
         metadata=meta, notes=tuple(notes), device=str(device),
-        ort_providers=tuple(ort_runner.providers) if ort_runner else (),
+        ort_providers=tuple(loaded.ort_runner.providers) if loaded.ort_runner else (),
     )
-    return ModelHandle(module, info, ort_session=ort_runner, device=device)
+    return ModelHandle(module, info, ort_session=loaded.ort_runner, device=device)
 
 
 def _probe_classes(module: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> int:

@@ -1,15 +1,14 @@
-"""File facts read before any parsing: size limits, sha256, the format told by content not extension."""
+"""File facts read before any parsing: size limits, sha256, a safetensors header (the format itself is told
+by content, not extension, in `formats/`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
-import zipfile
 from pathlib import Path
 
 from ..errors import AuditorInputError
-from .pickle_scan import _looks_like_pickle, is_torchscript_archive
 
 DEFAULT_MAX_BYTES = 4 * 2**30  # 4 GiB
 
@@ -57,35 +56,3 @@ def safetensors_header(path: Path, size: int) -> dict | None:
     except (ValueError, RecursionError):  # bad UTF-8 or JSON; absurdly deep nesting
         return None
     return header if isinstance(header, dict) else None
-
-
-def sniff_format(path: Path, size: int) -> str:
-    """One of: torch-zip, torchscript, pickle, safetensors, onnx."""
-    with path.open("rb") as fh:
-        head = fh.read(8)
-    try:
-        is_zip = zipfile.is_zipfile(path)
-    except Exception:  # a malformed end record (e.g. a multi-disk zip64 one) raises instead of saying no
-        is_zip = True  # ZipFile below reports it
-    if is_zip:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except Exception as exc:  # BadZipFile, OSError, undecodable names, unsupported zip versions ...
-            raise AuditorInputError(f"{path}: corrupt zip archive: {exc}") from None
-        if is_torchscript_archive(names):
-            return "torchscript"
-        return "torch-zip"
-    if head[:4] == b"PK\x03\x04":
-        raise AuditorInputError(f"{path}: truncated or corrupt zip archive (a PyTorch checkpoint is a zip file)")
-    if head[:1] == b"\x80":
-        return "pickle"
-    if safetensors_header(path, size) is not None:
-        return "safetensors"
-    if path.suffix.lower() == ".onnx" or head[:1] in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42"):
-        return "onnx"
-    if _looks_like_pickle(head):  # protocol 0/1 pickles have no header; torch.load would unpickle them
-        return "pickle"
-    raise AuditorInputError(
-        f"{path}: unrecognised model format (expected a PyTorch state_dict, TorchScript, safetensors or ONNX file)"
-    )

@@ -33,26 +33,23 @@ class SafetyReport:
 
 
 def inspect_file(path: Path, max_file_bytes: int = files.DEFAULT_MAX_BYTES, max_tensor_bytes: int = 2 * 2**30) -> SafetyReport:
+    from .formats import detect
+
     size = files.check_readable(path, max_file_bytes)
     try:
-        fmt = files.sniff_format(path, size)
+        fmt, probe = detect(path, size)
     except AuditorInputError as exc:
         return SafetyReport(str(path), "unknown", problems=[str(exc)])
-    report = SafetyReport(str(path), fmt)
-    if fmt in ("torch-zip", "torchscript"):
-        report.findings.extend(f"container: {p}" for p in container_problems(path))
-    if fmt in ("torch-zip", "torchscript", "pickle"):
-        _inspect_pickles(path, report)
-    if fmt == "torchscript":
-        _inspect_torchscript_code(path, report)
-    elif fmt == "safetensors":
-        _inspect_safetensors(path, size, report)
-    elif fmt == "onnx":
-        _inspect_onnx(path, max_tensor_bytes, report)
+    report = SafetyReport(str(path), fmt.label(probe))
+    fmt.inspect(probe, report, max_tensor_bytes)
     return report
 
 
-def _inspect_pickles(path: Path, report: SafetyReport) -> None:
+def container_findings(path: Path, report: SafetyReport) -> None:
+    report.findings.extend(f"container: {p}" for p in container_problems(path))
+
+
+def pickle_findings(path: Path, report: SafetyReport) -> None:
     result = scan_file(path)
     allowed = sorted({f.qualname for f in result.findings if f.allowed})
     for finding in result.unsafe:
@@ -63,7 +60,7 @@ def _inspect_pickles(path: Path, report: SafetyReport) -> None:
         report.info.append(f"allowed globals: {', '.join(allowed)}")
 
 
-def _inspect_torchscript_code(path: Path, report: SafetyReport) -> None:
+def torchscript_code_findings(path: Path, report: SafetyReport) -> None:
     import zipfile
 
     try:
@@ -77,7 +74,7 @@ def _inspect_torchscript_code(path: Path, report: SafetyReport) -> None:
                        + ("; every call is on the allow-list of pure tensor operators" if not code.findings else ""))
 
 
-def _inspect_safetensors(path: Path, size: int, report: SafetyReport) -> None:
+def safetensors_findings(path: Path, size: int, report: SafetyReport) -> None:
     with path.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(length))
@@ -103,7 +100,7 @@ def _inspect_safetensors(path: Path, size: int, report: SafetyReport) -> None:
     report.info.append(f"{len(spans)} tensors; safetensors holds data only, no code")
 
 
-def _inspect_onnx(path: Path, max_tensor_bytes: int, report: SafetyReport) -> None:
+def onnx_findings(path: Path, max_tensor_bytes: int, report: SafetyReport) -> None:
     import onnx
 
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import struct
 import warnings
 from collections import OrderedDict
@@ -26,19 +25,6 @@ from .zip_container import container_problems
 # Architectures a sidecar metadata file may name. A metadata file travels with an untrusted model,
 # so it must not be able to make us import and call arbitrary code; --arch on the command line can.
 TRUSTED_ARCH_PREFIXES = ("auditor.zoo:",)
-
-
-def parse_arch_kwargs(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise AuditorInputError(f"--arch-arg {item!r}: expected key=value, e.g. num_classes=10")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def build_arch(arch: str, kwargs: dict[str, Any], trusted_only: bool, max_tensor_bytes: int | None = None) -> nn.Module:
@@ -189,6 +175,25 @@ def load_torchscript_file(path: Path) -> nn.Module:
     if findings:
         _refuse(path, findings)
     return module
+
+
+def module_for_weights(state: dict[str, torch.Tensor], request, meta: dict, meta_path: Path | None) -> tuple[nn.Module, str]:
+    """The architecture (--arch, else the metadata's, which may only name trusted ones) with `state` in it."""
+    path = request.path
+    arch_spec, kwargs, trusted_only = request.arch, dict(request.arch_kwargs), False
+    if arch_spec is None and isinstance(meta.get("arch"), dict):
+        arch_spec, kwargs, trusted_only = meta["arch"].get("callable"), dict(meta["arch"].get("kwargs", {})), True
+    if not arch_spec:
+        raise AuditorInputError(
+            f"{path}: a state_dict holds weights only; pass --arch (a torchvision name such as resnet18, "
+            "or package.module:callable)"
+        )
+    try:
+        module = build_arch(arch_spec, kwargs, trusted_only, request.max_tensor_bytes)
+    except AuditorInputError as exc:  # name the model, and the metadata file the architecture came from
+        raise type(exc)(f"{path}: {exc} (architecture from {meta_path})" if trusted_only else str(exc)) from None
+    apply_state_dict(module, state, path, arch_spec)
+    return module, arch_spec
 
 
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
