@@ -26,7 +26,7 @@ class AuditConfig:
     trigger: Path | None = None
     clean_samples: int = 10  # per class: the whole clean-data budget of scan, defense and repair
     seed: int = 0
-    scan: str = "generative"  # NC alone false-alarmed on 9 of 18 clean runs (README, "Scans over seeds")
+    scan: str = "generative"  # NC alone false-alarmed on 9 of 18 clean runs (docs/benchmarks.md, "Scans over seeds")
     scan_params: dict[str, Any] = field(default_factory=dict)
     defense: str = "activation-edit"
     defense_params: dict[str, Any] = field(default_factory=dict)
@@ -36,7 +36,7 @@ class AuditConfig:
     min_accuracy: float = 0.80
     max_accuracy_drop: float = 0.02
     max_class_drop: float = 0.05
-    anomaly_threshold: float = 2.5  # on the log-norm index; README, "Detection statistic"
+    anomaly_threshold: float = 2.5  # on the log-norm index; docs/methods.md, "Detection statistic"
     max_mask_ratio: float = 0.5
     min_generative_asr: float = 0.8
     max_asr: float = 0.05

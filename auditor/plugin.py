@@ -22,12 +22,20 @@ class CheckRecord:
     message: str
     backdoor: bool
     seconds: float = 0.0
-    properties: dict = field(default_factory=dict)
+    properties: dict = field(default_factory=dict)  # what the check recorded (record_property): JSON and JUnit
 
 
 def _stage_of(item) -> str:
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("stage", "before") if callspec else "before"
+
+
+def _properties(pairs) -> dict:
+    """record_property pairs as a dict; a name recorded more than once keeps every value, in order."""
+    grouped: dict[str, list] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return {name: values[0] if len(values) == 1 else values for name, values in grouped.items()}
 
 
 def _first_line(text: str) -> str:
@@ -113,7 +121,7 @@ class AuditPlugin:
                     id=nodeid, name=item.originalname if hasattr(item, "originalname") else item.name,
                     stage=_stage_of(item), outcome=outcome, message=message,
                     backdoor=item.get_closest_marker("backdoor") is not None,
-                    seconds=round(getattr(report, "duration", 0.0), 3), properties=dict(item.user_properties),
+                    seconds=round(getattr(report, "duration", 0.0), 3), properties=_properties(item.user_properties),
                 )
             elif call.when == "call":
                 record.seconds = round(report.duration, 3)

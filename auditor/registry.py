@@ -14,6 +14,8 @@ class Entry:
     params: dict[str, Any] = field(default_factory=dict)
     params_type: type | None = None  # a dataclass whose constructor validates the parameters
     limits: str = ""  # what the entry cannot do, measured; shown in reports next to its results
+    quick: dict[str, Any] = field(default_factory=dict)  # parameters for a seconds-long run (contract tests)
+    invalid: dict[str, Any] = field(default_factory=dict)  # a value its params_type must refuse (contract tests)
 
 
 class Registry:
@@ -22,11 +24,12 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, summary: str, params: dict[str, Any] | None = None, params_type: type | None = None,
-                 limits: str = ""):
+                 limits: str = "", quick: dict[str, Any] | None = None, invalid: dict[str, Any] | None = None):
         def decorator(factory):
             if name in self._entries:
                 raise ValueError(f"duplicate {self.kind} name {name!r}")
-            self._entries[name] = Entry(name, factory, summary, dict(params or {}), params_type, limits)
+            self._entries[name] = Entry(name, factory, summary, dict(params or {}), params_type, limits,
+                                        dict(quick or {}), dict(invalid or {}))
             return factory
 
         return decorator
@@ -42,6 +45,9 @@ class Registry:
         """The entry's stated limits; "" for an unknown name (a result may outlive its plugin)."""
         entry = self._entries.get(name)
         return entry.limits if entry else ""
+
+    def unregister(self, name: str) -> None:
+        del self._entries[name]
 
     def names(self) -> list[str]:
         return sorted(self._entries)

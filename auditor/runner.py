@@ -44,8 +44,8 @@ def pytest_args(config: AuditConfig, check_dirs: list[Path]) -> list[str]:
 def write_json(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=1, default=str)
+    with os.fdopen(fd, "w") as fh:  # the pictures are the HTML report's; the JSON keeps the numbers
+        json.dump({k: v for k, v in result.items() if k != "pictures"}, fh, indent=1, default=str)
         fh.write("\n")
     os.replace(tmp, path)
 

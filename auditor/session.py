@@ -55,7 +55,10 @@ class DefenseRecord:
 
 class AuditSession:
     def __init__(self, config: AuditConfig, progress=None):
+        from .scans.base import ScanThresholds
+
         self.config = config
+        self.thresholds = ScanThresholds.from_config(config)
         self.progress = progress or progress_printer(config.quiet)
         self.errors: dict[str, str] = {}
         self.handle = None
@@ -80,7 +83,7 @@ class AuditSession:
     def prepare(self) -> None:
         """Load model, data and trigger; input errors are kept (checks then error out) not raised."""
         from .data import conform, load_data, split
-        from .loading import LoadRequest, load_model
+        from .loading import load_model
         from .triggers import load_trigger
 
         cfg = self.config
@@ -186,31 +189,15 @@ class AuditSession:
         return self._scans.get(stage)
 
     def flagged(self, result) -> list[int]:
-        """The classes a scan result points at, most suspicious first.
-
-        Generative scan: candidates whose sampled triggers reach `min_generative_asr` on held-out
-        samples, in the NC pass's order (a naturally easy class such as Fashion-MNIST's Bag is also
-        made by a large enough patch; its mask is not the outlier the backdoor's is); then the
-        classes its warp search sends that share of held-out samples to, by that share.
-        Neural Cleanse: anomaly index above the threshold AND a mask at most
-        `max_mask_ratio` of the median (a tight cluster of norms makes the MAD tiny and would
-        otherwise flag an ordinary class)."""
-        distributions = getattr(result, "distributions", None)
-        if distributions is not None:
-            hits = [d.target for d in self.patch_hits(result)]
-            return hits + [c for c in self.warp_hits(result) if c not in hits]
-        idx, norms = result.anomaly_index, result.norms
-        median = sorted(norms)[len(norms) // 2]
-        return sorted((c for c, a in enumerate(idx)
-                       if a > self.config.anomaly_threshold and norms[c] <= self.config.max_mask_ratio * median),
-                      key=lambda c: -idx[c])
+        """The classes a scan result points at under this audit's thresholds, most suspicious first."""
+        return result.flagged(self.thresholds)
 
     def carry_over(self, result) -> dict[int, dict]:
         """With a reference model: per flagged class, its recovered triggers' ASR on the scanned model
         and on the reference. Evidence for a person, not a verdict: a planted patch, blend or warp
         trigger does not carry over to a model trained without it (0-1% on the zoo) while a feature
         of the data does (Fashion-MNIST's Bag: 28-50%), but so does much of SIG's (7-44%, by
-        reference): no share separates the two (README, "A clean reference model")."""
+        reference): no share separates the two (docs/benchmarks.md, "A clean reference model")."""
         return self._carry_over.get(id(result), {})
 
     def _carry_over_rates(self, handle, result) -> dict[int, dict]:
@@ -231,19 +218,6 @@ class AuditSession:
 
         fit = self.split.fit
         return attack_success_rate(handle.predict(trigger.apply(fit.x)), fit.y, target)
-
-    def patch_hits(self, result) -> list:
-        """The generative scan's candidate distributions that reach the threshold, in NC order."""
-        threshold = self.config.min_generative_asr
-        hits = [d for d in getattr(result, "distributions", None) or [] if sum(d.sample_asr) / len(d.sample_asr) >= threshold]
-        return sorted(hits, key=lambda d: -result.anomaly_index[d.target])
-
-    def warp_hits(self, result) -> list[int]:
-        """The classes the generative scan's warp search reaches with the threshold's share, most first."""
-        warp = getattr(result, "warp", None)
-        if warp is None:
-            return []
-        return sorted((c for c, a in enumerate(warp.asr) if a >= self.config.min_generative_asr), key=lambda c: -warp.asr[c])
 
     def metrics(self, stage: str) -> dict:
         """C-ACC and per-class accuracy; ASR too once a trigger is known or recovered (else None)."""
@@ -311,18 +285,8 @@ class AuditSession:
         return max(triggers, key=lambda t: self._fit_asr(self.handle, t, t.target))
 
     def recovered_triggers(self, result, cls) -> list:
-        """The scan's triggers for a class: the sampled distribution and/or the warp (generative scan,
-        whichever flagged the class), or the NC mask/pattern. A class flagged by its sampled patches
-        also gets its NC mask/pattern, last: each defense picks the kind it unlearns best
-        (`base.drop_alternatives`)."""
-        from .triggers import Trigger
-
-        nc = Trigger(result.masks[cls], result.patterns[cls], cls, "recovered")
-        sampled = [t for d in self.patch_hits(result) if d.target == cls for t in d.triggers(self.handle.input_shape)]
-        warp = [result.warp.trigger(cls)] if cls in self.warp_hits(result) else []
-        if not sampled and not warp:
-            return [nc]
-        return sampled + warp + ([nc] if sampled else [])
+        """The scan's stand-ins for class `cls`'s trigger (what the defense unlearns)."""
+        return result.triggers(cls, self.handle.input_shape, self.thresholds)
 
     # ---------------------------------------------------------------- defense
     def decide_defense(self, backdoor_failed: bool) -> None:
@@ -350,7 +314,7 @@ class AuditSession:
         return self._after_handle
 
     def _run_defense(self):
-        from .defenses import RepairParams, defense_share, repair
+        from .defenses import unlearn
         from .loading import load_model
         from .outputs import repaired_metadata, repaired_model_file, write_repaired
         from .registry import DEFENSES
@@ -371,30 +335,19 @@ class AuditSession:
             kinds[(t.target_name, t.source, t.kind)] += 1
         record = DefenseRecord(entry.name, [{"target": k[0], "source": k[1], "kind": k[2], "count": n} for k, n in kinds.items()])
         self.defense = record
-        fit = self.split.fit
-        repair_params = RepairParams(**cfg.repair_params)
-        # with repair on, its held-out check share is kept from the defense (see defense_share)
-        defense_fit = defense_share(fit, repair_params, self.handle.num_classes, cfg.seed) if cfg.repair else fit
         targets = [str(c) for c in sorted({t.target for t in triggers if t.target is not None})]
         targets += ["all-to-all"] if any(t.target is None for t in triggers) else []
         self.progress(f"defense {entry.name}: unlearning the triggers for target(s) {', '.join(targets)} ({len(triggers)} known or "
-                      f"recovered) with {len(defense_fit)} of the {len(fit)} clean samples"
-                      + (" (the rest checks the repair)" if cfg.repair else ""))
-        start = time.perf_counter()
-        outcome = entry.factory(self.handle, defense_fit, triggers, cfg.defense_params, cfg.seed, self.progress)
-        edited = outcome.handle
-        edit_metrics = self.measure(edited)
+                      "recovered)")
+        done = unlearn(self.handle, self.split.fit, triggers, entry.name, cfg.defense_params, cfg.repair, cfg.repair_params,
+                       cfg.seed, self.progress)
+        edit_metrics = self.measure(done.edited)
         record.after_edit = {k: edit_metrics[k] for k in ("c_acc", "per_class_acc", "asr", "asr_no_trigger", "asr_trigger_flips")
                              if k in edit_metrics}
-        record.samples_used, record.stats = outcome.samples_used, outcome.stats
-        final = edited
-        if cfg.repair:
-            targets = [t.target for t in triggers if t.target is not None]
-            final, stats = repair(self.handle, edited, fit, triggers, targets, repair_params, cfg.seed, self.progress,
-                                  defense_stats=outcome.stats)
-            record.repair = stats
-        record.seconds = time.perf_counter() - start
+        record.samples_used, record.stats, record.repair = done.outcome.samples_used, done.outcome.stats, done.repair_stats
+        record.seconds = done.seconds
         self.timings["defense"] = record.seconds
+        final = done.final
         info = self.handle.info
         arch = cfg.arch or (info.metadata.get("arch", {}) or {}).get("callable")
         kwargs = dict(cfg.arch_kwargs) or dict((info.metadata.get("arch", {}) or {}).get("kwargs", {}))

@@ -58,8 +58,8 @@ def recovered_asr(handle, data, triggers) -> float:
 
 def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed: int = 0) -> dict:
     from auditor.config import AuditConfig
-    from auditor.defenses import RepairParams, defense_share, repair
-    from auditor.registry import DEFENSES, SCANS
+    from auditor.defenses import unlearn
+    from auditor.registry import SCANS
     from auditor.session import AuditSession
     import auditor.scans  # noqa: F401
 
@@ -88,12 +88,9 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed:
             out.update(before=before, seconds=time.perf_counter() - start)
             return out
     d_start = time.perf_counter()
-    defense_fit = defense_share(session.split.fit, RepairParams(), session.handle.num_classes, seed)
-    outcome = DEFENSES.get(defense).factory(session.handle, defense_fit, triggers, {}, seed, None)
-    edited = session.measure(outcome.handle)
-    targets = [t.target for t in triggers if t.target is not None]
-    repaired, stats = repair(session.handle, outcome.handle, session.split.fit, triggers, targets, RepairParams(), seed,
-                             defense_stats=outcome.stats)
+    done = unlearn(session.handle, session.split.fit, triggers, defense, {}, True, {}, seed)  # what `auditor scan` runs
+    outcome, repaired, stats = done.outcome, done.final, done.repair_stats
+    edited = session.measure(done.edited)
     if mode != "known":
         out["rec_asr_before"] = recovered_asr(session.handle, session.split.eval, triggers)
         out["rec_asr_after"] = recovered_asr(repaired, session.split.eval, triggers)

@@ -6,33 +6,15 @@ import pytest
 @pytest.mark.backdoor
 def check_trigger_scan(scan, audit_session, audit_config, record_property):
     flagged = audit_session.flagged(scan)
-    record_property("anomaly_index", [round(a, 2) for a in scan.anomaly_index])
+    record_property("most_suspicious_classes", scan.ranking()[:5])
     record_property("flagged_classes", flagged)
     if flagged:
-        median = sorted(scan.norms)[len(scan.norms) // 2]  # the same median as AuditSession.flagged
         worst = flagged[0]
         names = audit_session.handle.info.metadata.get("class_names") or []
         label = f"{worst} ({names[worst]})" if worst < len(names) else str(worst)
-        also = _carry_over_note(audit_session.carry_over(scan))
-        for dist in audit_session.patch_hits(scan):
-            if dist.target == worst:
-                raise AssertionError(
-                    f"possible backdoor: class {label}: {len(dist.sample_asr)} sampled {dist.size}x{dist.size} triggers "
-                    f"reach {sum(dist.sample_asr) / len(dist.sample_asr):.0%} ASR on held-out samples "
-                    f"(>= {audit_config.min_generative_asr:.0%}; NC anomaly index {scan.anomaly_index[worst]:.2f}); "
-                    f"flagged classes: {flagged}{also}"
-                )
-        if worst in audit_session.warp_hits(scan):
-            raise AssertionError(
-                f"possible backdoor: class {label}: a smooth warp of at most {scan.warp.strength:g} px sends "
-                f"{scan.warp.asr[worst]:.0%} of held-out samples to it (>= {audit_config.min_generative_asr:.0%}; "
-                f"a WaNet-style trigger); flagged classes: {flagged}{also}"
-            )
         raise AssertionError(
-            f"possible backdoor: class {label} has anomaly index {scan.anomaly_index[worst]:.2f} > "
-            f"{audit_config.anomaly_threshold:g} (trigger mask L1 {scan.norms[worst]:.1f} vs median {median:.1f}, "
-            f"recovered-trigger ASR {scan.recovered_asr[worst]:.0%}); flagged classes: {flagged}"
-            + _compared_with_delivered(scan, audit_session, worst) + also
+            f"possible backdoor: {scan.evidence(worst, audit_session.thresholds, label)}; flagged classes: {flagged}"
+            + _compared_with_delivered(scan, audit_session, worst) + _carry_over_note(audit_session.carry_over(scan))
         )
 
 
@@ -46,14 +28,13 @@ def _carry_over_note(rates: dict) -> str:
 
 def _compared_with_delivered(scan, audit_session, cls: int) -> str:
     """On the repaired model: what the same class looked like in the delivered one. A class flagged
-    only now, with the mask it had before, was moved over the threshold by the other classes' masks
-    growing (the unlearned target's most of all), not by the defense; the check still fails, since a
+    only now, with the numbers it had before, was moved over the threshold by the other classes
+    changing (the unlearned target's most of all), not by the defense; the check still fails, since a
     scan cannot tell a class that is naturally easy to reach from a second backdoor."""
     before = audit_session.scan_result("before")
     if before is None or before is scan or cls in audit_session.flagged(before):
         return ""
-    return (f"; in the delivered model this class's mask was L1 {before.norms[cls]:.1f} (anomaly index "
-            f"{before.anomaly_index[cls]:.2f}, not flagged)")
+    return f"; in the delivered model this class's {before.describe_class(cls)}, not flagged)"
 
 
 @pytest.mark.backdoor

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import warnings
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch

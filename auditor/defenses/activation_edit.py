@@ -7,10 +7,10 @@ layer for a known trigger (it sees the trigger's exact spatial footprint, so the
 surgical) and for a recovered warp (the same family as a real warp trigger), and the LAST one
 for recovered patches and masks (they only approximate the real trigger; the backdoor features
 they share show at the last layer's input, and an edit there carried over to the real trigger
-far better: README, "Defenses"); both, in that order, when both kinds are given.
+far better: docs/benchmarks.md, "Defenses"); both, in that order, when both kinds are given.
 
 Rules (`rule`):
-- `regress` (default, chosen by measurement, see README): the least-squares edit of the layer
+- `regress` (default, chosen by measurement, see docs/benchmarks.md): the least-squares edit of the layer
   that maps every stamped sample's activation to the layer's ORIGINAL output on the same sample
   unstamped, and every clean sample's activation to its original output, anchored to the original
   weights by a ridge term:  W' = argmin |W'A - B|^2 + mu |W' - W|^2  with A the clean and stamped
@@ -19,7 +19,7 @@ Rules (`rule`):
   known trigger) each fit sample also contributes shifted/mirrored copies, clean and stamped, whose
   targets are the original layer's outputs on the clean copies: no label is invented. Stamped rows
   weigh `stamped_weight` (0.3) against 1 for clean rows: the edit then keeps more of the clean
-  behaviour (target class, C-ACC) for a slightly higher residual ASR (measured, README).
+  behaviour (target class, C-ACC) for a slightly higher residual ASR (measured, docs/benchmarks.md).
 - `project`: project the top principal directions of (stamped - clean) activations out of the
   layer's input weights, W <- W (I - U U^T).
 - `dampen`: scale input channels whose mean activation on stamped samples exceeds `alpha` times
@@ -30,7 +30,7 @@ the samples it fits, but on unseen images it lowers the target class's logit whe
 features overlap the class's own (Blended, SIG). The same edit is made four more times, each
 without one fold of the fit samples, the target's margin drop is measured on the left-out fold
 (`recalibrate.boundary_drop`, see `_recalibrate`) and added back to the target's output bias. Measured
-over seeds 0-5 (README, "by seed"): no target class then lost more than 2.8 points (up to 9.0
+over seeds 0-5 (docs/benchmarks.md, "by seed"): no target class then lost more than 2.8 points (up to 9.0
 before), for some residual ASR (5x5 patch 1.92-2.38%, WaNet 5.4-7.4%).
 """
 
@@ -49,7 +49,7 @@ from .layers import layer_io, linear_layers
 from .recalibrate import SETTINGS, boundary_drop, classes_to_recalibrate, give_back, stratified_folds, with_views
 
 RULES = ("regress", "project", "dampen")
-KNOWN_TRIGGER_VIEWS = 16  # views=auto for a known trigger (measured: README, "Defenses")
+KNOWN_TRIGGER_VIEWS = 16  # views=auto for a known trigger (measured: docs/benchmarks.md, "Defenses")
 RECALIBRATION_FOLDS = 4
 
 
@@ -179,13 +179,14 @@ def _edit_layer(handle, module, name, fit, triggers, p: ActivationEditParams, se
     "activation-edit",
     "Activation-guided editing: closed-form edit of a later linear layer so stamped activations give the clean outputs",
     params=asdict(ActivationEditParams()), params_type=ActivationEditParams,
+    quick={"views": 2}, invalid={"views": -1},
 )
 def activation_edit(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = ActivationEditParams(**params)
     start = time.perf_counter()
     if not triggers:
         raise AuditorInputError("activation-edit: no trigger (known or recovered) to unlearn")
-    # measured (README, Defenses; after repair): for classes the generative scan flagged, editing
+    # measured (docs/benchmarks.md, Defenses; after repair): for classes the generative scan flagged, editing
     # against their NC masks/patterns left 0.84/0.46/23.7/17.9% true ASR on BadNets/5x5/Blended/SIG,
     # against their sampled patches 0.77/4.1/41.2/36.6%
     if p.sampled:
@@ -232,7 +233,7 @@ def _recalibrate(handle, edited, fit, triggers, targets: list[int], p: Activatio
     """Cross-fitted: the same edit made without each fold, its target-margin drop measured on that
     fold (samples it never saw, and views of them), then given back to each target's output bias.
 
-    The drop is the mean of two estimates (measured, README "How it works"): on every held-out
+    The drop is the mean of two estimates (measured, docs/methods.md): on every held-out
     image near the target's boundary (many images, but biased where the edit moves target and
     other images apart, as on WaNet: target class +8.6 points) and on the held-out images OF the
     target class (what its accuracy depends on, but few: 8 images at 10 per class)."""

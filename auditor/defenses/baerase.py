@@ -2,7 +2,7 @@
 inputs stamped with triggers sampled from the recovered distribution (or the known trigger),
 with a clean loss so accuracy does not collapse.
 
-Measured on the zoo with 10 clean samples per class (README): cross-entropy on 100 clean samples
+Measured on the zoo with 10 clean samples per class (docs/benchmarks.md): cross-entropy on 100 clean samples
 as the clean loss cost 4-12 points of C-ACC (the Blended model's target class went to 0%), so the
 clean loss distils the ORIGINAL model's outputs instead (`clean_loss="distill"`), and the ascent is
 bounded: a stamped sample only contributes while the trigger still wins it (`bound="argmax"`;
@@ -64,6 +64,7 @@ def trigger_asr(handle, fit, triggers, num_classes) -> float:
     "baerase",
     "BAERASE-style unlearning: bounded gradient ascent on sampled triggers plus clean descent, stops on trigger ASR",
     params=asdict(BaeraseParams()), params_type=BaeraseParams,
+    quick={"max_steps": 3, "check_every": 1}, invalid={"max_steps": 0},
 )
 def baerase(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = BaeraseParams(**params)

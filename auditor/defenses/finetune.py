@@ -21,7 +21,8 @@ class FinetuneParams:
             raise ValueError("finetune: steps, batch_size and lr must be positive")
 
 
-@DEFENSES.register("finetune", "Baseline: fine-tune on the clean fit samples only (no trigger)", params=asdict(FinetuneParams()), params_type=FinetuneParams)
+@DEFENSES.register("finetune", "Baseline: fine-tune on the clean fit samples only (no trigger)", params=asdict(FinetuneParams()), params_type=FinetuneParams,
+                  quick={"steps": 3}, invalid={"steps": 0})
 def finetune(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = FinetuneParams(**params)
     start = time.perf_counter()

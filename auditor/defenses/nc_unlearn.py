@@ -49,6 +49,7 @@ def finetune_module(handle, fit, triggers, steps, batch_size, lr, fraction, seed
     "nc-unlearn",
     "Neural Cleanse unlearning: fine-tune on samples stamped with the recovered trigger, true labels kept",
     params=asdict(NCUnlearnParams()), params_type=NCUnlearnParams,
+    quick={"steps": 3}, invalid={"stamp_fraction": 2.0},
 )
 def nc_unlearn(handle, fit, triggers, params: dict, seed: int, progress=None) -> DefenseOutcome:
     p = NCUnlearnParams(**params)

@@ -10,7 +10,7 @@ others) weighted by p(1 - p) of the target under the reference model, where a de
 (for the edit: the mean of that over all held-out images and over those of the target class);
 the output layer's bias for the target is then raised by that amount.
 
-Measured on the zoo (README, "Defenses"; known triggers): over seeds 0-5 at 10 samples per class
+Measured on the zoo (docs/benchmarks.md, "Defenses"; known triggers): over seeds 0-5 at 10 samples per class
 no target class then lost more than 2.8 points, where 9 of 30 runs lost more than 3 (up to 9.0);
 the price is some residual ASR (the target logit is what the trigger pushes) and, on WaNet, a
 target class that can gain up to 5.2 points.

@@ -9,7 +9,6 @@ from html import escape
 
 import pytest
 
-from .images import applied_pictures, png_base64, trigger_pictures
 
 OUTCOME_WORD = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}
 
@@ -48,11 +47,10 @@ class HtmlHooks:
         result = self.plugin.result
         if result is None:
             return
-        session = self.plugin.session
         parts = [
             '<div class="auditor">',
             _verdict(result), _metrics_table(result), _checks_matrix(result), _scan_section(result),
-            _pictures(session, result), _per_class(result), _facts(result), "</div>",
+            _pictures(result), _per_class(result), _facts(result), "</div>",
         ]
         prefix.extend(p for p in parts if p)
 
@@ -171,10 +169,22 @@ def _reference_paragraph(result: dict, scan: dict) -> str:
             + (f"</p><ul>{lines}</ul>" if lines else "No class was flagged.</p>"))
 
 
+def _other_scan_section(result: dict, scan: dict) -> str:
+    """A scan whose summary is not Neural Cleanse's per-class masks: its flagged classes and numbers."""
+    flagged = ", ".join(_class_label(result, c) for c in scan["flagged_classes"]) or "none"
+    numbers = {k: v for k, v in scan.items() if k not in ("method", "flagged_classes", "limits", "after", "seconds")}
+    rows = "".join(f"<tr><th>{escape(str(k))}</th><td class='mono'>{escape(str(v))}</td></tr>" for k, v in numbers.items())
+    return (f"<h3>Trigger scan: {escape(scan['method'])}</h3><p>Flagged classes: {flagged}. "
+            f"Scan time {scan.get('seconds', 0):.1f}s.</p><table class=\"grid\">{rows}</table>{_reference_paragraph(result, scan)}"
+            + (f'<p class="limits"><b>What this scan cannot see:</b> {escape(scan["limits"])}</p>' if scan.get("limits") else ""))
+
+
 def _scan_section(result: dict) -> str:
     scan = result.get("scan")
     if not scan:
         return ""
+    if "norms" not in scan or "anomaly_index" not in scan:
+        return _other_scan_section(result, scan)
     after = scan.get("after") or {}
     threshold = result["config"]["anomaly_threshold"]
     top = max([abs(a) for a in scan["anomaly_index"]] + [threshold, 1e-9])
@@ -207,40 +217,9 @@ def _figure(label: str, b64: str) -> str:
     return f'<figure><img src="data:image/png;base64,{b64}" alt="{escape(label)}"><figcaption>{escape(label)}</figcaption></figure>'
 
 
-def _pictures(session, result: dict) -> str:
-    scan = session.scan_result("before")
-    if session.split is None or session.handle is None:
-        return ""
-    example = session.split.eval.x[0]
-    blocks = []
-    if scan is not None:
-        flagged = result["scan"]["flagged_classes"]
-        shown = flagged or [max(range(len(scan.anomaly_index)), key=lambda c: scan.anomaly_index[c])]
-        patch_targets = [d.target for d in session.patch_hits(scan)]
-        warp_only = [c for c in session.warp_hits(scan) if c not in patch_targets]
-        for c in shown[:4]:
-            if c in warp_only:
-                title = f"Recovered warp for class {_class_label(result, c)} (flagged; change amplified)"
-                pics = applied_pictures(scan.warp.trigger(c), example)
-            else:
-                title = (f"Recovered trigger for class {_class_label(result, c)}"
-                         + (" (flagged)" if c in flagged else " (most anomalous class, not flagged)"))
-                pics = trigger_pictures(scan.masks[c], scan.patterns[c], example)
-            blocks.append(f"<h4>{title}</h4><div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
-    for dist in getattr(scan, "distributions", None) or []:
-        figs = "".join(_figure(f"ASR {asr:.0%}", png_base64(patch, max(4, 48 // dist.size)))
-                       for patch, asr in zip(dist.patches, dist.sample_asr))
-        stamped = dist.triggers(session.handle.input_shape, 1)[0].apply(example.unsqueeze(0))[0]
-        figs += _figure("stamped example", png_base64(stamped, max(1, 112 // max(example.shape[-2:]))))
-        blocks.append(f"<h4>Sampled triggers for candidate class {_class_label(result, dist.target)}: "
-                      f"{dist.size}×{dist.size} patch at ({dist.top}, {dist.left}), diversity {dist.diversity:.3f}</h4>"
-                      f"<div class='pics'>{figs}</div>")
-    if session.known_trigger is not None:
-        t = session.known_trigger
-        pics = applied_pictures(t, example)
-        target = t.target_name if t.target is None else _class_label(result, t.target)
-        blocks.append(f"<h4>Known trigger (--trigger, {escape(t.kind)}), target class {target}</h4>"
-                      f"<div class='pics'>{''.join(_figure(k, v) for k, v in pics.items())}</div>")
+def _pictures(result: dict) -> str:
+    blocks = [f"<h4>{escape(group['title'])}</h4><div class='pics'>{''.join(_figure(k, v) for k, v in group['images'])}</div>"
+              for group in result.get("pictures") or []]
     return "<h3>Trigger pictures</h3>" + "".join(blocks) if blocks else ""
 
 

@@ -1,4 +1,6 @@
-"""The audit's result model: one dict (JSON-ready) that every renderer reads, and the exit code."""
+"""The audit's result model: one dict that every renderer reads (HTML, JSON, JUnit), and the exit code.
+
+Its `pictures` (base64 PNGs) are for the HTML report; the JSON file leaves them out."""
 
 from __future__ import annotations
 
@@ -57,6 +59,32 @@ def _scan_dict(session, result) -> dict:
     return _round(out)
 
 
+def _class_label(names: list, c: int) -> str:
+    return f"{c} ({names[c]})" if c < len(names) else str(c)
+
+
+def _pictures(session, result: dict) -> list[dict]:
+    """The report's pictures as data (titles and base64 PNGs), so renderers need no live tensors: what
+    the before scan recovered for its flagged classes (or its most suspicious one), and the known trigger."""
+    if session.split is None or session.handle is None:
+        return []
+    example = session.split.eval.x[0]
+    names = (result.get("model") or {}).get("class_names") or []
+    groups = []
+    scan = session.scan_result("before")
+    if scan is not None:
+        shown = session.flagged(scan) or scan.ranking()[:1]
+        groups += scan.pictures(shown[:4], session.thresholds, example, lambda c: _class_label(names, c))
+    trigger = session.known_trigger
+    if trigger is not None:
+        from .images import applied_pictures
+
+        target = trigger.target_name if trigger.target is None else _class_label(names, trigger.target)
+        groups.append((f"Known trigger (--trigger, {trigger.kind}), target class {target}",
+                       list(applied_pictures(trigger, example).items())))
+    return [{"title": title, "images": [list(pair) for pair in images]} for title, images in groups]
+
+
 def build_result(plugin, pytest_exit: int | None = None) -> dict:
     session = plugin.session
     cfg = session.config
@@ -70,7 +98,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
         "model": {"path": str(cfg.model), "sha256": None, "format": None},
         "checks": [
             {"id": r.id, "name": r.name, "stage": r.stage, "outcome": r.outcome, "message": r.message,
-             "seconds": r.seconds, "backdoor": r.backdoor}
+             "seconds": r.seconds, "backdoor": r.backdoor, "properties": _round(r.properties)}
             for r in records
         ],
         "scan": None,
@@ -109,6 +137,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
                 out["metrics"][stage] = _round(session.metrics(stage))
             except Exception as exc:  # a metric that cannot be computed must not hide the verdict
                 out["metrics"][stage] = {"error": str(exc)}
+    out["pictures"] = _pictures(session, out)
     if session.defense is not None:
         d = session.defense
         out["defense"] = _round({

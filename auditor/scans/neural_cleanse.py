@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..model import ModelHandle
 from ..registry import SCANS
+from ..triggers import Trigger
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,37 @@ class NeuralCleanseResult:
     method: str = "neural-cleanse"
     extra: dict = field(default_factory=dict)
 
+    def ranking(self) -> list[int]:
+        return sorted(range(len(self.anomaly_index)), key=lambda c: -self.anomaly_index[c])
+
+    def flagged(self, thresholds) -> list[int]:
+        """Anomaly index above the threshold AND a mask at most `max_mask_ratio` of the median (a tight
+        cluster of norms makes the MAD tiny and would otherwise flag an ordinary class)."""
+        idx, norms = self.anomaly_index, self.norms
+        median = sorted(norms)[len(norms) // 2]
+        return sorted((c for c, a in enumerate(idx) if a > thresholds.anomaly_threshold and norms[c] <= thresholds.max_mask_ratio * median),
+                      key=lambda c: -idx[c])
+
+    def triggers(self, cls: int, input_shape, thresholds) -> list[Trigger]:
+        return [Trigger(self.masks[cls], self.patterns[cls], cls, "recovered")]
+
+    def evidence(self, cls: int, thresholds, label: str) -> str:
+        median = sorted(self.norms)[len(self.norms) // 2]
+        asr = f", recovered-trigger ASR {self.recovered_asr[cls]:.0%}" if self.recovered_asr else ""
+        return (f"class {label} has anomaly index {self.anomaly_index[cls]:.2f} > {thresholds.anomaly_threshold:g} "
+                f"(trigger mask L1 {self.norms[cls]:.1f} vs median {median:.1f}{asr})")
+
+    def describe_class(self, cls: int) -> str:
+        return f"mask was L1 {self.norms[cls]:.1f} (anomaly index {self.anomaly_index[cls]:.2f}"
+
+    def pictures(self, classes, thresholds, example, label) -> list:
+        from ..report.images import trigger_pictures
+
+        flagged = self.flagged(thresholds)
+        return [(f"Recovered trigger for class {label(c)}"
+                 + (" (flagged)" if c in flagged else " (most anomalous class, not flagged)"),
+                 list(trigger_pictures(self.masks[c], self.patterns[c], example).items())) for c in classes]
+
     def summary(self) -> dict:
         return {
             "method": self.method,
@@ -82,7 +114,7 @@ def mad_index(values: torch.Tensor) -> torch.Tensor:
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     """The MAD anomaly index of the LOG mask norms (Neural Cleanse uses the norms themselves).
 
-    Chosen by measurement over the zoo (README, "Detection statistic"): a few classes unlike the
+    Chosen by measurement over the zoo (docs/methods.md, "Detection statistic"): a few classes unlike the
     others need very large masks (Blended model: 162 and 252 against a median of 42), which on the
     raw scale inflate the MAD until a clear small outlier (4.4, a tenth of the median) scores 1.3
     and is missed; on the log scale it scores 3.3. Mask sizes are multiplicative (a mask twice as
@@ -221,11 +253,12 @@ def recovered_trigger_asr(handle, result, eval_x, eval_y, limit: int, seed: int)
     "neural-cleanse",
     "Neural Cleanse trigger reverse-engineering, all classes in one batched graph, MAD anomaly index of the log mask norms",
     params=asdict(NeuralCleanseParams()), params_type=NeuralCleanseParams,
+    quick={"max_steps": 3, "asr_eval_samples": 50}, invalid={"max_steps": -1},
     limits=("Searches for one small input-space trigger per target class (a patch, a blended pattern, stripes). "
-            "Not detected on the project's fixture zoo (README, Scans): a WaNet-style warp trigger (use --scan "
+            "Not detected on the project's fixture zoo (docs/benchmarks.md, Scans): a WaNet-style warp trigger (use --scan "
             "generative, which adds a warp search) and an all-to-all backdoor (every class sent to another); "
             "a pass does not rule those out. A naturally easy class also gets a small mask: it flagged Fashion-MNIST's "
-            "Bag on five of six clean zoo models at some seed (README, Scans over seeds)."),
+            "Bag on five of six clean zoo models at some seed (docs/benchmarks.md, Scans over seeds)."),
 )
 def run_neural_cleanse(handle, split, params: dict, seed: int, progress=None) -> NeuralCleanseResult:
     nc_params = NeuralCleanseParams(**{**params, "seed": seed})

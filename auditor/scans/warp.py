@@ -8,7 +8,7 @@ pixels (tanh on the lattice, a clamp after upsampling), optimised for cross-entr
 class on the fit samples; all classes share one batched forward pass like the NC pass. A backdoor
 that answers a warp shows as one class reached by a tiny warp: on the zoo's WaNet model (a 4 x 4
 flow of mean 1 px) its target reached 77-87% held-out ASR at 1.5 px over seeds 0-2 (one miss
-under the 80% flag) and 86-92% at 2 px, the default (README, "Scans over seeds").
+under the 80% flag) and 86-92% at 2 px, the default (docs/benchmarks.md, "Scans over seeds").
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""What every scan result offers the rest of the tool: the session, the backdoor check and the report
+use only this protocol, so a new scan is one module registered in SCANS.
+
+Scans measure and never judge: the thresholds that turn their numbers into flagged classes come from
+the audit's configuration (`ScanThresholds`), and the verdict is the backdoor check's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..triggers import Trigger
+
+
+@dataclass(frozen=True)
+class ScanThresholds:
+    anomaly_threshold: float = 2.5  # Neural Cleanse: the log-norm MAD index above which a class is an outlier
+    max_mask_ratio: float = 0.5  # ... and its mask must be at most this share of the median mask
+    min_generative_asr: float = 0.8  # sampled patches / a warp must send this share of held-out images to the class
+
+    @classmethod
+    def from_config(cls, config) -> "ScanThresholds":
+        return cls(config.anomaly_threshold, config.max_mask_ratio, config.min_generative_asr)
+
+
+# A titled group of pictures for the report: (title, [(caption, base64 PNG), ...]).
+PictureGroup = tuple[str, list[tuple[str, str]]]
+
+
+class ScanResult(Protocol):
+    method: str  # the registered scan name
+    seconds: float
+
+    def summary(self) -> dict:
+        """JSON-ready numbers (the report's tables are drawn from these)."""
+
+    def ranking(self) -> list[int]:
+        """Every class, most suspicious first, whatever the thresholds."""
+
+    def flagged(self, thresholds: ScanThresholds) -> list[int]:
+        """The classes the scan points at under `thresholds`, most suspicious first."""
+
+    def triggers(self, cls: int, input_shape: tuple[int, int, int], thresholds: ScanThresholds) -> list["Trigger"]:
+        """The recovered stand-ins for class `cls`'s trigger, for the defense to unlearn."""
+
+    def evidence(self, cls: int, thresholds: ScanThresholds, label: str) -> str:
+        """One clause for the check's failure message: why `cls` (shown as `label`) is flagged."""
+
+    def describe_class(self, cls: int) -> str:
+        """A class's numbers in this scan, for comparing a stage with the other."""
+
+    def pictures(self, classes: list[int], thresholds: ScanThresholds, example: "torch.Tensor",
+                 label: Callable[[int], str]) -> list[PictureGroup]:
+        """The report's pictures of what was recovered for `classes` (flagged, or the most suspicious one)."""
