@@ -508,9 +508,16 @@ def _ts_upper(folder, marker):
 @case("torchscript_custom_class_global", "torchscript", "refused")
 def _ts_custom_class(folder, marker):
     # data.pkl names a C++ custom class: its __setstate__ is native code, whatever the archive's code says
-    members = [(n, d.replace(b"c__torch__.torch.nn.modules.linear\nLinear",
-                          b"c__torch__.torch.classes.quantized\nLinearPackedParamsBase")
-                if n.endswith("data.pkl") else d) for n, d in torchscript_members()]
+    import re
+
+    # the class may be name-mangled (___torch_mangle_N) when Linear was scripted before in this process
+    module_global = re.compile(rb"c__torch__\.torch\.nn\.modules\.linear(\.___torch_mangle_\d+)?\nLinear\n")
+    members = []
+    for name, data in torchscript_members():
+        if name.endswith("data.pkl"):
+            data, count = module_global.subn(b"c__torch__.torch.classes.quantized\nLinearPackedParamsBase\n", data, 1)
+            assert count == 1, "the scripted Linear's global was not found in data.pkl"
+        members.append((name, data))
     (folder / "model.pt").write_bytes(write_zip(members))
 
 
