@@ -88,9 +88,16 @@ class AuditSession:
 
         cfg = self.config
         t = time.perf_counter()
+        raw = None
+        try:
+            raw = load_data(cfg.data)
+        except AuditorInputError as exc:
+            self.errors["data"] = str(exc)
+        # the user's own images say the input size a weights-only file does not; the bundled default set does not
+        data_shape = tuple(raw.x.shape[1:]) if raw is not None and cfg.data != AuditConfig.data and len(raw) else None
         try:
             self.progress(f"loading {cfg.model}")
-            self.handle = load_model(self._request(cfg.model))
+            self.handle = load_model(self._request(cfg.model, data_shape=data_shape))
         except AuditorInputError as exc:
             self.errors["model"] = str(exc)
             return
@@ -107,9 +114,10 @@ class AuditSession:
             except AuditorInputError as exc:
                 self.errors["reference_model"] = str(exc)
         try:
-            data = conform(load_data(cfg.data), c, h, w, self.handle.num_classes)
-            self.split = split(data, cfg.clean_samples, cfg.seed, self.handle.num_classes)
-            self.progress(f"data {data.source}: {len(self.split.fit)} fit samples, {len(self.split.eval)} evaluation samples")
+            if raw is not None:
+                data = conform(raw, c, h, w, self.handle.num_classes)
+                self.split = split(data, cfg.clean_samples, cfg.seed, self.handle.num_classes)
+                self.progress(f"data {data.source}: {len(self.split.fit)} fit samples, {len(self.split.eval)} evaluation samples")
         except AuditorInputError as exc:
             self.errors["data"] = str(exc)
         if cfg.trigger:

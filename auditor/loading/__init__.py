@@ -34,6 +34,7 @@ class LoadRequest:
     max_file_bytes: int = files.DEFAULT_MAX_BYTES
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data_shape: tuple[int, int, int] | None = None  # C, H, W of the user's --data images: the last source of the input size
 
 
 def read_metadata(request: LoadRequest) -> tuple[dict, Path | None]:
@@ -88,6 +89,8 @@ def _resolve_input(request: LoadRequest, meta: dict, onnx_dims: tuple | None) ->
         return (int(inp["channels"]), int(inp["height"]), int(inp["width"])), "metadata"
     if onnx_dims and len(onnx_dims) == 4 and all(isinstance(d, int) and d > 0 for d in onnx_dims[1:]):
         return tuple(onnx_dims[1:]), "ONNX graph"
+    if request.data_shape:
+        return tuple(request.data_shape), "data"
     return None, ""
 
 
@@ -123,9 +126,11 @@ def load_model(request: LoadRequest) -> ModelHandle:
     module, notes = loaded.module, list(loaded.notes)
     module.eval()
     param_count = _check_finite(module, path)
-    input_shape, _ = _resolve_input(request, meta, loaded.input_dims)
+    input_shape, source = _resolve_input(request, meta, loaded.input_dims)
     if input_shape is None:
         raise AuditorInputError(f"{path}: cannot tell the input size; pass --input-size C,H,W (e.g. 3,32,32)")
+    if source == "data":
+        notes.append(f"input size {'x'.join(map(str, input_shape))} taken from the --data images (no metadata or --input-size says)")
     mean, std, norm_notes = _normalisation(request, meta, input_shape[0])
     notes += norm_notes
     num_classes = _probe_classes(module, input_shape, path)

@@ -187,7 +187,100 @@ class OrtRunner:
         return torch.from_numpy(np.concatenate(outs).reshape(len(x), -1))
 
 
-def to_torch(model, path: Path) -> torch.nn.Module:
+def free_fixed_batch(model):
+    """A copy of a graph exported with a fixed batch size (torch's dynamo exporter writes the example
+    input's, often 1), with its batch dimension free, for the torch conversion that scans run in
+    batches; None when the batch is already free. The input's and outputs' first dimension become
+    symbolic, and every Reshape whose constant target shape starts with the fixed batch size copies its
+    input's first dimension instead (0, allowzero=0). onnxruntime still runs the file as it is, batch by
+    batch, and check_backend_agreement compares the two on every audit."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+        return None
+    batch = dims[0].dim_value
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in [*out.graph.input[:1], *out.graph.output]:
+        shape = value.type.tensor_type.shape
+        if shape.dim and shape.dim[0].HasField("dim_value") and shape.dim[0].dim_value == batch:
+            shape.dim[0].dim_param = "batch"
+    del out.graph.value_info[:]  # intermediate shapes recorded for the fixed batch
+    constants = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    constants.update({n.output[0]: numpy_helper.to_array(a.t) for n in out.graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    for i, node in enumerate(out.graph.node):
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        target = constants[node.input[1]]
+        if target.ndim != 1 or not len(target) or int(target[0]) != batch:
+            continue
+        freed = target.copy()
+        freed[0] = 0
+        name = f"auditor_free_batch_shape_{i}"
+        out.graph.initializer.append(numpy_helper.from_array(freed.astype(np.int64), name))
+        node.input[1] = name
+        for attr in node.attribute:
+            if attr.name == "allowzero":
+                attr.i = 0
+    return out
+
+
+class FixedBatch(torch.nn.Module):
+    """A converted graph that only runs at its fixed batch size, run chunk by chunk (zero-padded)."""
+
+    def __init__(self, module: torch.nn.Module, batch: int):
+        super().__init__()
+        self.module, self.batch = module, batch
+
+    def forward(self, x):
+        outs = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start:start + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:
+                chunk = torch.cat([chunk, chunk.new_zeros(pad, *chunk.shape[1:])])
+            out = self.module(chunk)
+            outs.append(out[: len(out) - pad] if pad else out)
+        return torch.cat(outs)
+
+
+def _agrees(module, runner, input_shape: tuple, batch: int) -> bool:
+    """The freed conversion against onnxruntime on the file as it is, on more images than the fixed batch."""
+    if runner is None or len(input_shape) != 4 or not all(isinstance(d, int) and d > 0 for d in input_shape[1:]):
+        return False
+    x = torch.randn(batch + 2, *input_shape[1:], generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            got = module(x)
+        want = runner.run(x.numpy())
+    except Exception:  # a shape the freed graph cannot take
+        return False
+    return got.shape == want.shape and bool(((got - want).abs().max() / want.abs().max().clamp_min(1.0)) <= 1e-4)
+
+
+def to_torch(model, path: Path, runner=None, input_shape: tuple = ()) -> tuple[torch.nn.Module, str | None]:
+    """The torch module the scans and defenses use, and a note when the graph's fixed batch mattered."""
+    freed = free_fixed_batch(model)
+    if freed is not None:
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+        try:
+            module = _convert(freed, path)
+        except AuditorInputError:
+            module = None
+        if module is not None and _agrees(module, runner, input_shape, batch):
+            return module, (f"the ONNX graph fixes the batch at {batch}; its torch conversion runs any batch "
+                            "(checked against onnxruntime on the file as it is)")
+        return FixedBatch(_convert(model, path), batch), (
+            f"the ONNX graph fixes the batch at {batch} and bakes it into its computation: the torch conversion "
+            f"runs {batch} image(s) at a time, so scans and defenses are slower")
+    return _convert(model, path), None
+
+
+def _convert(model, path: Path) -> torch.nn.Module:
     from onnx2torch import convert
 
     from . import onnx_converters  # noqa: F401  registers converters onnx2torch lacks

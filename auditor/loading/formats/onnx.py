@@ -38,8 +38,9 @@ class OnnxFormat:
         if facts.custom_domains:
             raise AuditorInputError(f"{path}: uses custom op domains {', '.join(facts.custom_domains)}, which need native code to run")
         runner = OrtRunner(onnx_model.SerializeToString(), path, device)
-        return LoadedModule(to_torch(onnx_model, path), "onnx2torch", ort_runner=runner, opset=facts.opset,
-                            input_dims=facts.input_shape)
+        module, note = to_torch(onnx_model, path, runner, facts.input_shape)
+        return LoadedModule(module, "onnx2torch", ort_runner=runner, opset=facts.opset, input_dims=facts.input_shape,
+                            notes=[note] if note else [])
 
     def write(self, handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
         """The converted module's weights, and the ONNX export the after stage audits as the file that will run."""
