@@ -93,7 +93,8 @@ SAME_MEANING = {
     "IsInf": ((20,), 10, None),
     "IsNaN": ((20,), 13, None),
     "Pad": ((18, 19, 21), 13, _both(_no_more_inputs(3), _default_attributes(mode={"constant", "reflect", "edge"}))),
-    "Split": ((18,), 13, None),  # num_outputs equals the node's output count, which the 13 converter splits by
+    "Split": ((18,), 13, None),
+    "ScatterND": ((18,), 16, _default_attributes(reduction={"none", "add", "mul"})),  # 18 adds max and min  # num_outputs equals the node's output count, which the 13 converter splits by
     "AveragePool": ((19,), 11, _default_attributes(dilations={1})),
     "Resize": ((18, 19), 13, _both(_no_more_inputs(4), _default_attributes(antialias=0, keep_aspect_ratio_policy="stretch"),
                                    lambda n: None if n.attributes.get("coordinate_transformation_mode") != "half_pixel_symmetric"
