@@ -66,10 +66,11 @@ def cli():
 
 
 path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
+model_in = click.Path(exists=False, dir_okay=True, path_type=Path)  # a file, or a hub folder
 
 
 @cli.command()
-@click.argument("model", type=path_in)
+@click.argument("model", type=model_in)
 @click.option("--data", help="Clean labelled samples: a folder of class folders, an .npz with x and y, or a bundled set name.  [default: fashion-mnist]")
 @click.option("--arch", help="Architecture for a state_dict or safetensors file: a torchvision model name (resnet18) or package.module:callable.")
 @click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE", help="Keyword argument for --arch, e.g. num_classes=10 (repeatable).")
@@ -78,7 +79,7 @@ path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
 @click.option("--std", help="Per-channel normalisation std (comma-separated) when not in the metadata.")
 @click.option("--metadata", type=path_in, help="Metadata JSON (default: <model>.json beside the model, when it is an auditor metadata file).")
 @click.option("--paired-model", type=path_in, help="The same model in the other format (PyTorch or ONNX): their outputs must agree.")
-@click.option("--reference-model", type=path_in, help="A clean model of the same task you trust: the report says how far each flagged class's recovered triggers also work on it (evidence; the verdict does not change).")
+@click.option("--reference-model", type=model_in, help="A clean model of the same task you trust: the report says how far each flagged class's recovered triggers also work on it (evidence; the verdict does not change).")
 @click.option("--trigger", type=path_in, help="A known trigger spec (JSON): the true ASR is then measured and checked.")
 @click.option("--clean-samples", type=click.IntRange(1), help="Clean samples per class the scan, defense and repair may use (the fit split; the rest only evaluates).  [default: 10]")
 @click.option("--seed", type=int, help="Seed for splits, scans and defenses.  [default: 0]")
@@ -109,7 +110,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
          scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,
          anomaly_threshold, max_mask_ratio, min_generative_asr, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, config_file,
          max_file_bytes, device, quiet):
-    """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors or .onnx).
+    """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors, .onnx, or a transformers/timm folder).
 
     \b
     Exit codes: 0 every check passed, 1 a check failed (the model as delivered,

@@ -36,6 +36,7 @@ class NpzWeightsFormat:
 
     name = "npz-weights"
     needs_arch = True
+    folder = False
 
     def sniff(self, probe: FileProbe) -> bool:
         return probe.zip_names is not None and "auditor_npz_weights.npy" in probe.zip_names
@@ -87,7 +88,36 @@ def _handle(fmt_name: str) -> ModelHandle:
     return ModelHandle(net, info, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("fmt", list(formats.FORMATS), ids=lambda f: f.name)
+FILE_FORMATS = [f for f in formats.FORMATS if not getattr(f, "folder", False)]
+FOLDER_FORMATS = [f for f in formats.FORMATS if getattr(f, "folder", False)]
+
+
+def _folder_source(fmt, tmp_path: Path) -> ModelHandle:
+    """A folder format's source is a real hub folder (its write copies the folder's configs)."""
+    from test_hub_folders import timm_folder, transformers_folder
+
+    make = {"transformers": transformers_folder, "timm": timm_folder}[fmt.name]
+    make(tmp_path / "source")
+    return load_model(LoadRequest(tmp_path / "source", device="cpu"))
+
+
+@pytest.mark.parametrize("fmt", FOLDER_FORMATS, ids=lambda f: f.name)
+def test_folder_format_contract(fmt, tmp_path):
+    source = _folder_source(fmt, tmp_path)
+    found, _ = detect(Path(source.info.path), 1)
+    assert found is fmt
+    assert inspect_file(Path(source.info.path)).ok
+    written = fmt.write(source, source, tmp_path / "out", "model", protected=(Path(source.info.path),))
+    out = Path(repaired_model_file(written))
+    assert detect(out, 1)[0] is fmt and inspect_file(out).ok
+    reloaded = load_model(LoadRequest(out, device="cpu"))
+    x = torch.rand(3, *source.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(reloaded.logits(x), source.logits(x), atol=1e-5)
+    assert (reloaded.input_shape, reloaded.info.mean, reloaded.info.std) == (source.input_shape, source.info.mean, source.info.std)
+
+
+@pytest.mark.parametrize("fmt", FILE_FORMATS, ids=lambda f: f.name)
 def test_format_contract(fmt, tmp_path):
     handle = _handle(fmt.name)
     if fmt.name == "torchscript":
@@ -114,7 +144,7 @@ def test_format_contract(fmt, tmp_path):
     assert file_state(model_file) == before, "loading changed the file"
 
 
-@pytest.mark.parametrize("fmt", list(formats.FORMATS), ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", FILE_FORMATS, ids=lambda f: f.name)
 def test_format_write_refuses_to_overwrite_an_input(fmt, tmp_path):
     from auditor.errors import AuditorInputError
 

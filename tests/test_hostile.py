@@ -116,6 +116,17 @@ def test_payloads_are_live(tmp_path):
         "                m.calibrate(torch.zeros(1))\n"
         "        except RuntimeError:\n"
         "            pass\n"  # a __setstate__ payload leaves the module half-built, after it ran
+        "    elif kind == 'hub':\n"  # what a user's own code would do with the folder
+        "        import glob, transformers\n"
+        "        for pickled in glob.glob(path + '/*.bin'):\n"
+        "            try:\n"
+        "                torch.load(pickled, weights_only=False)\n"
+        "            except Exception:\n"
+        "                pass\n"
+        "        try:\n"
+        "            transformers.AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)\n"
+        "        except Exception:\n"
+        "            pass\n"
         "    elif path.endswith('.npz'):\n"
         "        numpy.load(path, allow_pickle=True)['x']\n"
         "    else:\n"

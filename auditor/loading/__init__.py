@@ -41,6 +41,8 @@ def read_metadata(request: LoadRequest) -> tuple[dict, Path | None]:
     """The sidecar `<stem>.json` (or --metadata) written by the fixture builder or the model's vendor.
 
     It travels with an untrusted model, so the fields used are checked and bounded."""
+    if request.metadata_path is None and request.path.is_dir():
+        return {}, None  # a model folder carries its own configs
     path = request.metadata_path or request.path.with_suffix(".json")
     if not path.is_file() or path.resolve() == request.path.resolve():
         if request.metadata_path:
@@ -124,6 +126,7 @@ def load_model(request: LoadRequest) -> ModelHandle:
     meta, meta_path = read_metadata(request)
     loaded = fmt.load(request, probe, meta, meta_path, device)
     module, notes = loaded.module, list(loaded.notes)
+    meta = {**loaded.metadata, **meta}  # what the file's own configs say; a sidecar or --metadata wins
     module.eval()
     param_count = _check_finite(module, path)
     input_shape, source = _resolve_input(request, meta, loaded.input_dims)

@@ -558,6 +558,75 @@ def _zip_header_method(marker):
     return _patch_local_header(data, "archive/data.pkl", 8, struct.pack("<H", 8))  # says deflated, is stored
 
 
+# ---------------------------------------------------------------- hub folders
+
+def hub_folder(folder: Path, safetensors: bool = True) -> dict:
+    """An honest, tiny transformers classifier folder at `folder`; returns its config (each case below
+    adds one hostile thing)."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(num_labels=10, depths=[1], hidden_sizes=[8], embedding_size=8, num_channels=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ResNetForImageClassification(config).save_pretrained(str(folder), safe_serialization=safetensors)
+    return json.loads((folder / "config.json").read_text())
+
+
+def _hub_case(name: str, expect: str, live: bool = False):
+    def register(add):
+        def build_hub(folder, marker):
+            config = hub_folder(folder / "model")
+            add(folder / "model", config, marker)
+
+        case(name, "hub", expect, live=live, filename="model", args=("--input-size", "1,28,28"))(build_hub)
+        return add
+
+    return register
+
+
+@_hub_case("hub_config_auto_map", "remote code", live=True)
+def _hub_auto_map(model, config, marker):
+    # transformers imports modeling_evil.py when asked to trust remote code: the import writes the marker
+    config["auto_map"] = {"AutoModelForImageClassification": "modeling_evil.EvilResNet"}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "modeling_evil.py").write_text(python(marker) + "\n")
+
+
+@_hub_case("hub_config_trust_remote_code", "remote code")
+def _hub_trust(model, config, marker):
+    config["trust_remote_code"] = True
+    (model / "config.json").write_text(json.dumps(config))
+
+
+@_hub_case("hub_training_args_pickle", "refused", live=True)
+def _hub_training_args(model, config, marker):
+    (model / "training_args.bin").write_bytes(os_system(marker))  # trainers save these with torch.save
+
+
+@_hub_case("hub_weights_pickle", "refused", live=True)
+def _hub_weights(model, config, marker):
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(evil_zip(marker))
+
+
+@_hub_case("hub_link_outside_folder", "links outside")
+def _hub_link(model, config, marker):
+    (model / "notes.txt").symlink_to(model.parent.parent / "secret.bin")
+
+
+@_hub_case("hub_shard_index_escapes", "not a file of the folder")
+def _hub_index(model, config, marker):
+    (model / "model.safetensors").rename(model / "model-00001-of-00001.safetensors")
+    index = {"metadata": {}, "weight_map": {"resnet.embedder.embedder.convolution.weight": "../../secret.bin"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 # ---------------------------------------------------------------- ONNX
 
 def clean_onnx():

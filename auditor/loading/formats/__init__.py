@@ -31,9 +31,14 @@ class FileProbe:
     size: int
     head: bytes
     zip_names: tuple[str, ...] | None
+    folder: tuple[str, ...] | None = None  # a model folder's files (relative names); None for a file
 
     @classmethod
     def of(cls, path: Path, size: int) -> "FileProbe":
+        if path.is_dir():
+            from ..files import folder_files
+
+            return cls(path, size, b"", None, tuple(name for name, _ in folder_files(path, 2**62)))
         with path.open("rb") as fh:
             head = fh.read(16)
         try:
@@ -62,11 +67,13 @@ class LoadedModule:
     opset: int | None = None
     input_dims: tuple | None = None  # the graph's declared input shape, when it has one
     notes: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)  # what the file itself says (input, class names), as a sidecar would
 
 
 class ModelFormat(Protocol):
     name: str  # ModelInfo.format
     needs_arch: bool  # weights only: the architecture comes from --arch or the metadata
+    folder: bool  # a folder format (a hub download) rather than a file format
 
     def sniff(self, probe: FileProbe) -> bool: ...
 
@@ -83,11 +90,13 @@ class ModelFormat(Protocol):
         """Write the repaired model as new files in the source's form; {kind: path}."""
 
 
-from . import onnx, safetensors, state_dict, torchscript  # noqa: E402  (each module defines FORMAT)
+from . import hub_folder, onnx, safetensors, state_dict, torchscript  # noqa: E402  (each module defines FORMAT)
 
 # Tried in this order: TorchScript before state_dict (both zips), a state_dict pickle before
 # safetensors and ONNX (a pickle's 0x80 header wins), safetensors before ONNX (ONNX has no magic).
-FORMATS: list[ModelFormat] = [torchscript.FORMAT, state_dict.FORMAT, safetensors.FORMAT, onnx.FORMAT]
+# Folder formats are tried on folders only, file formats on files only.
+FORMATS: list[ModelFormat] = [torchscript.FORMAT, state_dict.FORMAT, safetensors.FORMAT, onnx.FORMAT,
+                              hub_folder.TRANSFORMERS, hub_folder.TIMM]
 
 
 def by_name(name: str) -> ModelFormat:
@@ -100,8 +109,11 @@ def by_name(name: str) -> ModelFormat:
 def detect(path: Path, size: int) -> tuple[ModelFormat, FileProbe]:
     probe = FileProbe.of(path, size)
     for fmt in FORMATS:
-        if fmt.sniff(probe):
+        if getattr(fmt, "folder", False) == (probe.folder is not None) and fmt.sniff(probe):
             return fmt, probe
+    if probe.folder is not None:
+        raise AuditorInputError(f"{path}: unrecognised model folder (expected a transformers or timm folder with a "
+                                "config.json)")
     raise AuditorInputError(
         f"{path}: unrecognised model format (expected a PyTorch state_dict, TorchScript, safetensors or ONNX file)"
     )

@@ -18,6 +18,7 @@ def looks_like_onnx(probe: FileProbe) -> bool:
 class OnnxFormat:
     name = "onnx"
     needs_arch = False
+    folder = False
 
     def sniff(self, probe: FileProbe) -> bool:
         return looks_like_onnx(probe)

@@ -15,6 +15,7 @@ def looks_like_safetensors(probe: FileProbe) -> bool:
 class SafetensorsFormat:
     name = "safetensors"
     needs_arch = True
+    folder = False
 
     def sniff(self, probe: FileProbe) -> bool:
         return looks_like_safetensors(probe)

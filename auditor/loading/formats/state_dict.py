@@ -13,6 +13,7 @@ from .safetensors import looks_like_safetensors
 class StateDictFormat:
     name = "state_dict"
     needs_arch = True
+    folder = False
 
     def sniff(self, probe: FileProbe) -> bool:
         if probe.zip_names is not None:

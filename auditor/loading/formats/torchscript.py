@@ -11,6 +11,7 @@ from . import FileProbe, LoadedModule
 class TorchScriptFormat:
     name = "torchscript"
     needs_arch = False
+    folder = False
 
     def sniff(self, probe: FileProbe) -> bool:
         return probe.zip_names is not None and is_torchscript_archive(probe.zip_names)
