@@ -55,7 +55,7 @@ class NpzWeightsFormat:
 
         with np.load(probe.path, allow_pickle=False) as npz:
             state = {k: torch.from_numpy(npz[k].copy()) for k in npz.files if k != "auditor_npz_weights"}
-        module, arch = module_for_weights(state, request, meta, meta_path)
+        module, arch, _ = module_for_weights(state, request, meta, meta_path)
         return LoadedModule(module, arch)
 
     def write(self, handle, source, output_dir: Path, stem: str, protected) -> dict[str, Path]:

@@ -177,23 +177,36 @@ def load_torchscript_file(path: Path) -> nn.Module:
     return module
 
 
-def module_for_weights(state: dict[str, torch.Tensor], request, meta: dict, meta_path: Path | None) -> tuple[nn.Module, str]:
-    """The architecture (--arch, else the metadata's, which may only name trusted ones) with `state` in it."""
+def module_for_weights(state: dict[str, torch.Tensor], request, meta: dict, meta_path: Path | None
+                       ) -> tuple[nn.Module, str, str | None]:
+    """The architecture (--arch, else the metadata's, which may only name trusted ones, else the one
+    torchvision classifier these keys and shapes fit) with `state` in it, and a note when identified."""
     path = request.path
+    note = None
     arch_spec, kwargs, trusted_only = request.arch, dict(request.arch_kwargs), False
     if arch_spec is None and isinstance(meta.get("arch"), dict):
         arch_spec, kwargs, trusted_only = meta["arch"].get("callable"), dict(meta["arch"].get("kwargs", {})), True
     if not arch_spec:
-        raise AuditorInputError(
-            f"{path}: a state_dict holds weights only; pass --arch (a torchvision name such as resnet18, "
-            "or package.module:callable)"
-        )
+        from .identify import identify_torchvision
+
+        found = identify_torchvision(state)
+        if len(found) != 1:
+            what = (f"its keys and shapes fit {len(found)} torchvision classifiers ({', '.join(n for n, _ in found)})"
+                    if found else "its keys and shapes fit no torchvision classifier")
+            raise AuditorInputError(
+                f"{path}: a state_dict holds weights only and {what}; pass --arch (a torchvision name such as "
+                "resnet18, or package.module:callable) and --arch-arg num_classes=N"
+            )
+        (arch_spec, num_classes), trusted_only = found[0], True
+        kwargs = {"num_classes": num_classes}
+        note = (f"architecture identified from the weights' keys and shapes: torchvision {arch_spec} with "
+                f"{num_classes} classes (the only torchvision classifier they fit; --arch overrides)")
     try:
         module = build_arch(arch_spec, kwargs, trusted_only, request.max_tensor_bytes)
     except AuditorInputError as exc:  # name the model, and the metadata file the architecture came from
         raise type(exc)(f"{path}: {exc} (architecture from {meta_path})" if trusted_only else str(exc)) from None
     apply_state_dict(module, state, path, arch_spec)
-    return module, arch_spec
+    return module, arch_spec, note
 
 
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:

@@ -32,8 +32,8 @@ class SafetensorsFormat:
         from ..torch_files import load_safetensors_file, module_for_weights
 
         state = load_safetensors_file(probe.path, safetensors_header(probe.path, probe.size), probe.size)
-        module, arch = module_for_weights(state, request, meta, meta_path)
-        return LoadedModule(module, arch)
+        module, arch, note = module_for_weights(state, request, meta, meta_path)
+        return LoadedModule(module, arch, notes=[note] if note else [])
 
     def write(self, handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
         from safetensors.torch import save_file

@@ -38,8 +38,8 @@ class StateDictFormat:
         from ..torch_files import load_state_dict_file, module_for_weights
 
         state = load_state_dict_file(probe.path, zipped=probe.zip_names is not None)
-        module, arch = module_for_weights(state, request, meta, meta_path)
-        return LoadedModule(module, arch)
+        module, arch, note = module_for_weights(state, request, meta, meta_path)
+        return LoadedModule(module, arch, notes=[note] if note else [])
 
     def write(self, handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
         return {"state_dict": write_state_dict(handle, output_dir / f"{stem}.repaired.pt", protected)}
