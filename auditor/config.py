@@ -39,6 +39,7 @@ class AuditConfig:
     anomaly_threshold: float = 2.5  # on the log-norm index; docs/methods.md, "Detection statistic"
     max_mask_ratio: float = 0.5
     min_generative_asr: float = 0.8
+    nc_alone_threshold: float = 6.0  # generative scan: an NC index this high flags by itself (scans/base.py)
     max_asr: float = 0.05
     max_logit_diff: float = 1e-3
     gate: str = "before"

@@ -202,7 +202,8 @@ def _scan_section(result: dict) -> str:
     # the generative scan only ranks classes by this index; its flags come from the tables below
     verdict = (f"flagged above {threshold:g} when the mask is also at most {result['config']['max_mask_ratio']:g} × "
                f"the median mask" if not generative else
-               "here it only ranks the classes: the generative scan flags a class by its sampled triggers or its warp (below)")
+               f"here it ranks the classes, and flags one by itself only above {result['config'].get('nc_alone_threshold', 6.0):g}: "
+               "the generative scan flags a class by its sampled triggers or its warp (below)")
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
             f"smaller mask than the others: anomaly index = (median − log L1) / (1.4826 · MAD) over the classes' log mask "

@@ -21,10 +21,14 @@ class ScanThresholds:
     anomaly_threshold: float = 2.5  # Neural Cleanse: the log-norm MAD index above which a class is an outlier
     max_mask_ratio: float = 0.5  # ... and its mask must be at most this share of the median mask
     min_generative_asr: float = 0.8  # sampled patches / a warp must send this share of held-out images to the class
+    # a Neural Cleanse outlier this strong flags its class whatever the other evidence says: no clean model
+    # of the zoo reached 5.5 over seeds 0-2, and a Blended ResNet-18 whose target scored 8.6 passed when
+    # only the sampled patches could flag (docs/benchmarks.md, "Scans over seeds")
+    nc_alone_threshold: float = 6.0
 
     @classmethod
     def from_config(cls, config) -> "ScanThresholds":
-        return cls(config.anomaly_threshold, config.max_mask_ratio, config.min_generative_asr)
+        return cls(config.anomaly_threshold, config.max_mask_ratio, config.min_generative_asr, config.nc_alone_threshold)
 
 
 # A titled group of pictures for the report: (title, [(caption, base64 PNG), ...]).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -140,13 +140,22 @@ class GenerativeResult(NeuralCleanseResult):
         asr = self.warp.asr
         return sorted((c for c, a in enumerate(asr) if a >= thresholds.min_generative_asr), key=lambda c: -asr[c])
 
+    def nc_alone_hits(self, thresholds) -> list[int]:
+        """Classes whose NC mask is an outlier beyond `nc_alone_threshold` (and small against the median):
+        evidence strong enough without a sampled patch or a warp (a blended or image-wide trigger that
+        a small patch only approximates)."""
+        strong = replace(thresholds, anomaly_threshold=max(thresholds.anomaly_threshold, thresholds.nc_alone_threshold))
+        return NeuralCleanseResult.flagged(self, strong)
+
     def flagged(self, thresholds) -> list[int]:
         """Candidates whose sampled triggers reach `min_generative_asr` on held-out samples, in the NC
         pass's order (a naturally easy class such as Fashion-MNIST's Bag is also made by a large enough
         patch; its mask is not the outlier the backdoor's is); then the classes the warp search sends
-        that share of held-out samples to, by that share. The NC index alone ranks, it does not flag."""
+        that share of held-out samples to, by that share; then any class whose NC index alone is beyond
+        `nc_alone_threshold`. Below that the NC index only ranks."""
         hits = [d.target for d in self.patch_hits(thresholds)]
-        return hits + [c for c in self.warp_hits(thresholds) if c not in hits]
+        hits += [c for c in self.warp_hits(thresholds) if c not in hits]
+        return hits + [c for c in self.nc_alone_hits(thresholds) if c not in hits]
 
     def triggers(self, cls: int, input_shape, thresholds) -> list[Trigger]:
         """The sampled distribution and/or the warp, whichever flagged the class, or the NC mask/pattern.
@@ -168,7 +177,9 @@ class GenerativeResult(NeuralCleanseResult):
         if cls in self.warp_hits(thresholds):
             return (f"class {label}: a smooth warp of at most {self.warp.strength:g} px sends {self.warp.asr[cls]:.0%} "
                     f"of held-out samples to it (>= {thresholds.min_generative_asr:.0%}; a WaNet-style trigger)")
-        return super().evidence(cls, thresholds, label)
+        strong = replace(thresholds, anomaly_threshold=max(thresholds.anomaly_threshold, thresholds.nc_alone_threshold))
+        return (super().evidence(cls, strong, label) + "; no sampled patch or warp reached the ASR flag, but a mask "
+                "this much smaller than the other classes' is a backdoor's on every model measured")
 
     def pictures(self, classes, thresholds, example, label) -> list:
         from ..report.images import applied_pictures, png_base64
