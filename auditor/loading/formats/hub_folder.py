@@ -225,10 +225,16 @@ class TimmLogits(nn.Module):
         return self.model(x)
 
 
-class TransformersFolder:
-    name = "transformers"
+class _HubFolder:
+    """What both folder formats share: the config decides, every file is inspected, a folder is written."""
+
+    name = ""
     needs_arch = False
     folder = True
+    unreadable_config_is_mine = False  # an unreadable config.json: which format's load() explains it
+
+    def is_mine(self, config: dict) -> bool:
+        raise NotImplementedError
 
     def sniff(self, probe: FileProbe) -> bool:
         if "config.json" not in probe.folder:
@@ -236,15 +242,26 @@ class TransformersFolder:
         try:
             config = read_json(probe.path, "config.json")
         except AuditorInputError:
-            return True  # a folder config we cannot read: load() says why
-        return bool(config) and ("architectures" in config or "model_type" in config) and "architecture" not in config
+            return self.unreadable_config_is_mine
+        return bool(config) and self.is_mine(config)
 
     def label(self, probe: FileProbe) -> str:
-        return "transformers folder"
+        return f"{self.name} folder"
 
     def inspect(self, probe: FileProbe, report, max_tensor_bytes: int) -> None:
         folder_findings(probe, report)
         report.info.append(f"{len(probe.folder)} files read; configs parsed as JSON, no Python imported")
+
+    def write(self, handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
+        return write_folder(handle, source, output_dir, stem, protected)
+
+
+class TransformersFolder(_HubFolder):
+    name = "transformers"
+    unreadable_config_is_mine = True
+
+    def is_mine(self, config: dict) -> bool:
+        return ("architectures" in config or "model_type" in config) and "architecture" not in config
 
     def load(self, request, probe: FileProbe, meta: dict, meta_path, device) -> LoadedModule:
         folder = probe.path
@@ -288,30 +305,12 @@ class TransformersFolder:
         names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(int(cfg.num_labels))]
         return {"input": inp, "class_names": names, "num_classes": int(cfg.num_labels)}
 
-    def write(self, handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
-        return write_folder(handle, source, output_dir, stem, protected)
 
-
-class TimmFolder:
+class TimmFolder(_HubFolder):
     name = "timm"
-    needs_arch = False
-    folder = True
 
-    def sniff(self, probe: FileProbe) -> bool:
-        if "config.json" not in probe.folder:
-            return False
-        try:
-            config = read_json(probe.path, "config.json")
-        except AuditorInputError:
-            return False
-        return bool(config) and isinstance(config.get("architecture"), str)
-
-    def label(self, probe: FileProbe) -> str:
-        return "timm folder"
-
-    def inspect(self, probe: FileProbe, report, max_tensor_bytes: int) -> None:
-        folder_findings(probe, report)
-        report.info.append(f"{len(probe.folder)} files read; configs parsed as JSON, no Python imported")
+    def is_mine(self, config: dict) -> bool:
+        return isinstance(config.get("architecture"), str)
 
     def load(self, request, probe: FileProbe, meta: dict, meta_path, device) -> LoadedModule:
         folder = probe.path
@@ -349,9 +348,6 @@ class TimmFolder:
         if isinstance(labels, list) and len(labels) == args["num_classes"]:
             metadata["class_names"] = [str(n) for n in labels]
         return LoadedModule(TimmLogits(model), f"timm:{arch}", metadata=metadata)
-
-    def write(self, handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
-        return write_folder(handle, source, output_dir, stem, protected)
 
 
 TRANSFORMERS = TransformersFolder()
