@@ -136,3 +136,32 @@ def test_transformers_folder_audits_end_to_end(tmp_path):
     assert run.data["model"]["format"] == "transformers" and run.data["model"]["input_shape"] == [3, 40, 40]
     checks = {c["name"]: c["outcome"] for c in run.data["checks"] if c["stage"] == "before"}
     assert checks["check_serialization_safety"] == "passed" and checks["check_finite_logits"] == "passed"
+
+
+HUB = Path(__file__).resolve().parents[1] / "fixtures" / "hub"
+
+
+@pytest.mark.slow
+def test_backdoored_vit_folder_is_flagged_repaired_and_loads_with_from_pretrained(tmp_path):
+    """Issue 17's 'done when', on the committed ViT fixture (fixtures/build_hub.py): no flag but --trigger."""
+    from transformers import AutoModelForImageClassification
+
+    run = run_auditor(tmp_path, HUB / "vit_badnets", "--trigger", str(HUB / "vit_badnets.trigger.json"))
+    assert run.returncode == 1, run.stderr
+    data = run.data
+    assert data["model"]["format"] == "transformers" and data["model"]["input_shape"] == [1, 28, 28]
+    assert 7 in data["scan"]["flagged_classes"]
+    before, after = data["metrics"]["before"], data["metrics"]["after"]
+    assert before["asr"] > 0.9 and after["asr"] <= 0.05
+    assert before["c_acc"] - after["c_acc"] <= 0.02
+    folder = Path(data["defense"]["outputs"]["folder"])
+    model = AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+    assert model(pixel_values=torch.zeros(1, 1, 28, 28)).logits.shape == (1, 10)
+    assert run.inputs_unchanged
+
+
+@pytest.mark.slow
+def test_clean_timm_folder_passes(tmp_path):
+    run = run_auditor(tmp_path, HUB / "timm_clean")
+    assert run.returncode == 0, [c for c in run.data["checks"] if c["outcome"] != "passed"]
+    assert run.data["model"]["format"] == "timm" and run.data["model"]["class_names"][7] == "Sneaker"

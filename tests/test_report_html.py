@@ -19,11 +19,12 @@ def test_generative_tables_flag_only_candidates_over_the_threshold():
 
 
 def test_scan_section_says_who_flags():
-    # Neural Cleanse flags by its anomaly index; under the generative scan the same index only ranks
+    # Neural Cleanse flags by its anomaly index; under the generative scan the same index ranks, and
+    # flags alone only above the (higher) NC-alone threshold
     from auditor.report.html import _scan_section
 
-    result = {"config": {"min_generative_asr": 0.8, "anomaly_threshold": 2.5, "max_mask_ratio": 0.5},
-              "model": {"class_names": None}}
+    result = {"config": {"min_generative_asr": 0.8, "anomaly_threshold": 2.5, "max_mask_ratio": 0.5,
+                         "nc_alone_threshold": 6.0}, "model": {"class_names": None}}
     nc = {"method": "neural-cleanse", "flagged_classes": [], "norms": [40.0] * 10, "anomaly_index": [0.0] * 10,
           "recovered_asr": None, "seconds": 1.0, "fit_samples": 100}
     generative = dict(nc, method="generative", generative=[
@@ -31,7 +32,7 @@ def test_scan_section_says_who_flags():
          "sample_asr_max": 0.6, "diversity": 0.1}])
     assert "flagged above 2.5" in _scan_section(dict(result, scan=nc))
     text = _scan_section(dict(result, scan=generative))
-    assert "flagged above" not in text and "only ranks the classes" in text
+    assert "flagged above" not in text and "ranks the classes, and flags one by itself only above 6" in text
 
 
 def test_metrics_table_explains_the_asr_split_only_when_it_shows_one():

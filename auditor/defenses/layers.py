@@ -10,17 +10,26 @@ from torch import nn
 
 
 def linear_layers(handle, module: nn.Module) -> list[str]:
-    """Names of the nn.Linear layers in the order the forward pass calls them."""
+    """Names of the nn.Linear layers applied once per sample, in the order the forward pass calls them.
+
+    A layer that sees several rows per sample (a transformer's per-token projections) is left out: an
+    edit that pins each sample's output has no single row to pin there; a ViT's classifier head stays."""
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+    rows: dict[str, int] = {}
+
+    def seen(mod, inputs, output, name):
+        order.append(name)
+        rows[name] = max(rows.get(name, 0), inputs[0].numel() // mod.in_features)
+
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen(mod, i, o, n))
              for n, m in module.named_modules() if isinstance(m, nn.Linear)]
     try:
         with torch.no_grad():
-            _with_normalisation(handle, module).forward(torch.zeros(1, *handle.input_shape))
+            _with_normalisation(handle, module).forward(torch.zeros(2, *handle.input_shape))
     finally:
         for h in hooks:
             h.remove()
-    return list(dict.fromkeys(order))
+    return [name for name in dict.fromkeys(order) if rows[name] == 2]
 
 
 @torch.no_grad()

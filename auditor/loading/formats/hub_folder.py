@@ -277,13 +277,22 @@ class TransformersFolder(_HubFolder):
         try:
             cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
             name = (config.get("architectures") or [type(cfg).__name__])[0]
-            model = _sized(lambda: AutoModelForImageClassification.from_config(cfg), request.max_tensor_bytes,
-                           f"{folder / 'config.json'} ({name})")
-        except (ValueError, KeyError, TypeError, OSError) as exc:
+            _sized(lambda: AutoModelForImageClassification.from_config(cfg), request.max_tensor_bytes,
+                   f"{folder / 'config.json'} ({name})")
+            # transformers maps the published key names onto the classes it builds today (they were
+            # renamed in 5.0), so it reads the weights; every file was inspected above, safetensors hold
+            # no code and its torch.load of a .bin file is weights_only after our own opcode walk
+            model, loading = AutoModelForImageClassification.from_pretrained(
+                str(folder), config=cfg, local_files_only=True, trust_remote_code=False, output_loading_info=True)
+        except (ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AuditorInputError(f"{folder}: not a transformers image classifier this version can build: {first}") from None
         arch = f"transformers:{name}"
-        _apply(model, load_weights(folder, probe.folder), folder, arch)
+        gaps = [(kind, keys) for kind in ("missing_keys", "mismatched_keys") if (keys := list(loading.get(kind) or []))]
+        if gaps:
+            kind, keys = gaps[0]
+            raise AuditorInputError(f"{folder}: weights do not fit {arch}: {len(keys)} {kind.replace('_', ' ')} "
+                                    f"(e.g. {keys[0]})")
         model.eval()
         return LoadedModule(TransformersLogits(model), arch, metadata=self._metadata(folder, cfg))
 
