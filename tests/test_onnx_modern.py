@@ -168,18 +168,11 @@ def test_unidentifiable_state_dict_still_asks_for_arch(tmp_path):
 
 @pytest.mark.slow
 def test_default_exporter_output_of_the_backdoored_fixture_is_repaired_with_parity(tmp_path):
-    """The issue's 'done when': a dynamo export audits end to end like the legacy one, repaired ONNX out."""
-    import shutil
+    """The issue's 'done when': the committed dynamo export of the backdoored fixture (weights in
+    .onnx.data; fixtures/export_dynamo.py) audits end to end like the legacy one, repaired ONNX out."""
+    from conftest import BADNETS_TRIGGER, MODELS
 
-    from conftest import BADNETS_PT, BADNETS_TRIGGER, MODELS
-
-    net = small_cnn()
-    net.load_state_dict(torch.load(BADNETS_PT, weights_only=True))
-    path = tmp_path / "badnets_dynamo.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (torch.zeros(1, 1, 28, 28),), str(path))
-    shutil.copy(MODELS / "badnets_cnn.json", tmp_path / "badnets_dynamo.json")  # normalisation and class names
+    path = MODELS / "badnets_cnn.dynamo.onnx"
     run = run_auditor(tmp_path, path, "--trigger", str(BADNETS_TRIGGER))
     assert run.returncode == 1, run.stderr
     assert run.data["metrics"]["before"]["asr"] > 0.99 and run.data["metrics"]["after"]["asr"] < 0.05
