@@ -4,7 +4,7 @@ import pytest
 
 
 @pytest.mark.backdoor
-def check_trigger_scan(scan, audit_session, audit_config, record_property):
+def check_trigger_scan(scan, audit_session, record_property):
     flagged = audit_session.flagged(scan)
     record_property("most_suspicious_classes", scan.ranking()[:5])
     record_property("flagged_classes", flagged)

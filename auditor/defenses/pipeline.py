@@ -23,7 +23,6 @@ class Unlearned:
     final: ModelHandle  # after repair (the edited model when repair is off)
     outcome: DefenseOutcome
     repair_stats: dict | None
-    defense_fit: ImageSet  # the samples the defense saw (with repair on, its held-out share is kept back)
     seconds: float
 
 
@@ -41,4 +40,4 @@ def unlearn(handle: ModelHandle, fit: ImageSet, triggers: list, defense: str, de
     if repair_on:
         targets = [t.target for t in triggers if t.target is not None]
         final, stats = repair(handle, outcome.handle, fit, triggers, targets, params, seed, progress, defense_stats=outcome.stats)
-    return Unlearned(outcome.handle, final, outcome, stats, defense_fit, time.perf_counter() - start)
+    return Unlearned(outcome.handle, final, outcome, stats, time.perf_counter() - start)

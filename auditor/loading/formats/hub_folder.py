@@ -162,13 +162,10 @@ def _apply(module, state: dict, folder: Path, arch: str) -> None:
     from ..torch_files import apply_state_dict
 
     expected = module.state_dict()
-    # buffers the model computes itself (position ids...) are often not saved; everything else must be there
-    state = {**{k: v for k, v in expected.items() if k not in state and not _is_parameter(module, k)}, **state}
+    parameters = {name for name, _ in module.named_parameters()}
+    # buffers the model computes itself (position ids...) are often not saved; every parameter must be there
+    state = {**{k: v for k, v in expected.items() if k not in state and k not in parameters}, **state}
     apply_state_dict(module, state, folder, arch)
-
-
-def _is_parameter(module, key: str) -> bool:
-    return key in dict(module.named_parameters())
 
 
 def write_folder(handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
