@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import AuditConfig
 from .errors import AuditorInputError
-from .metrics import accuracy, attack_success_rate, per_class_accuracy, trigger_flip_rate
+from .defense_stage import DefenseRecord
+from .evaluation import Evaluation
 
 STAGES = ("before", "after")
 
@@ -41,18 +40,6 @@ def progress_printer(quiet: bool):
     return progress
 
 
-@dataclass
-class DefenseRecord:
-    name: str
-    triggers: list[dict]
-    seconds: float = 0.0
-    samples_used: int = 0
-    outputs: dict[str, str] = field(default_factory=dict)
-    repair: dict[str, Any] | None = None
-    after_edit: dict[str, Any] = field(default_factory=dict)  # C-ACC, per-class accuracy and ASR (+ parts) after the defense alone
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
 class AuditSession:
     def __init__(self, config: AuditConfig, progress=None):
         from .scans.base import ScanThresholds
@@ -71,7 +58,7 @@ class AuditSession:
         self.timings: dict[str, float] = {}
         self._scans: dict[str, Any] = {}
         self._metrics: dict[str, dict] = {}
-        self._clean_predictions: dict[int, tuple] = {}  # id(handle) -> (handle, its predictions on the evaluation split)
+        self.evaluation: Evaluation | None = None
         self._after_handle = None
         self._after_error: BaseException | None = None
         self.defense: DefenseRecord | None = None
@@ -117,6 +104,7 @@ class AuditSession:
             if raw is not None:
                 data = conform(raw, c, h, w, self.handle.num_classes)
                 self.split = split(data, cfg.clean_samples, cfg.seed, self.handle.num_classes)
+                self.evaluation = Evaluation(self.split)
                 self.progress(f"data {data.source}: {len(self.split.fit)} fit samples, {len(self.split.eval)} evaluation samples")
         except AuditorInputError as exc:
             self.errors["data"] = str(exc)
@@ -214,66 +202,28 @@ class AuditSession:
         rates = {}
         for c in self.flagged(result):
             triggers = self.recovered_triggers(result, c)
-            rates[c] = {"asr": self._mean_fit_asr(handle, triggers, c), "reference_asr": self._mean_fit_asr(self.reference, triggers, c)}
+            rates[c] = {"asr": self.evaluation.mean_fit_asr(handle, triggers, c),
+                        "reference_asr": self.evaluation.mean_fit_asr(self.reference, triggers, c)}
         return rates
-
-    def _mean_fit_asr(self, handle, triggers, target) -> float:
-        return sum(self._fit_asr(handle, t, target) for t in triggers) / len(triggers)
-
-    def _fit_asr(self, handle, trigger, target) -> float:
-        """The share of the audit's clean fit samples (not of `target`) that `trigger` sends to `target`."""
-        from .metrics import attack_success_rate
-
-        fit = self.split.fit
-        return attack_success_rate(handle.predict(trigger.apply(fit.x)), fit.y, target)
 
     def metrics(self, stage: str) -> dict:
         """C-ACC and per-class accuracy; ASR too once a trigger is known or recovered (else None)."""
         if stage not in self._metrics:
             handle = self.model(stage)
             self.require("data")
-            self._metrics[stage] = self.measure(handle, with_attack=False)
+            self._metrics[stage] = self.evaluation.measure(handle)
         metrics = self._metrics[stage]
         if metrics["asr_trigger"] is None and self.reference_trigger() is not None:
-            metrics.update(self.measure_attack(self.model(stage), self.reference_trigger()))
+            metrics.update(self.evaluation.measure_attack(self.model(stage), self.reference_trigger()))
         return metrics
 
-    def measure(self, handle, with_attack: bool = True) -> dict:
-        ev = self.split.eval
-        pred = self._predict_clean(handle)
-        out = {
-            "c_acc": accuracy(pred, ev.y),
-            "per_class_acc": per_class_accuracy(pred, ev.y, handle.num_classes),
-            "eval_per_class": torch.bincount(ev.y, minlength=handle.num_classes).tolist(),
-            "asr": None, "asr_trigger": None, "target": None, "r_acc": None, "eval_samples": len(ev),
-        }
-        trigger = self.reference_trigger()
-        if with_attack and trigger is not None:
-            out.update(self.measure_attack(handle, trigger))
-        return out
-
-    def measure_attack(self, handle, trigger) -> dict:
-        """ASR, and what it is made of: `asr_no_trigger`, the share of the same images the model sends to
-        the target WITHOUT the trigger (its own confusion, which a defense that keeps the class leaves in
-        place), and `asr_trigger_flips`, those the trigger itself moves there."""
-        ev = self.split.eval
-        triggered = handle.predict(trigger.apply(ev.x))
-        clean = self._predict_clean(handle)
-        targets = trigger.target_labels(ev.y, handle.num_classes)
-        keep = ev.y != targets
-        return {"asr": attack_success_rate(triggered, ev.y, targets), "asr_trigger": trigger.source,
-                "target": trigger.target, "r_acc": accuracy(triggered[keep], ev.y[keep]),
-                "asr_no_trigger": attack_success_rate(clean, ev.y, targets),
-                "asr_trigger_flips": trigger_flip_rate(clean, triggered, ev.y, targets)}
-
-    def _predict_clean(self, handle):
-        """handle's predictions on the evaluation split, once per model (measure and measure_attack both need them)."""
-        if id(handle) not in self._clean_predictions:  # the handle is kept with them, so its id is not reused
-            self._clean_predictions[id(handle)] = (handle, handle.predict(self.split.eval.x))
-        return self._clean_predictions[id(handle)][1]
+    def measured_stages(self) -> list[str]:
+        """The stages whose metrics a check asked for (renderers report those and start nothing new)."""
+        return [s for s in STAGES if s in self._metrics]
 
     def reference_trigger(self):
-        """The trigger ASR is measured with: the known one, else the top recovered one from the BEFORE scan."""
+        """The trigger ASR is measured with: the known one, else the strongest recovered one (on the fit
+        samples) for the BEFORE scan's most suspicious flagged class."""
         if self.known_trigger is not None:
             return self.known_trigger
         result = self._scans.get("before")
@@ -283,14 +233,8 @@ class AuditSession:
         if not flagged:
             return None
         if self._strongest is None:
-            self._strongest = self._strongest_trigger(self.recovered_triggers(result, flagged[0]))
+            self._strongest = self.evaluation.strongest(self.handle, self.recovered_triggers(result, flagged[0]))
         return self._strongest
-
-    def _strongest_trigger(self, triggers):
-        """Of a class's recovered triggers (16 sampled patches, a warp, a mask), the one that works best on
-        the delivered model, judged on the fit samples (the evaluation split chooses nothing): the first
-        sampled patch was an arbitrary pick, 75% on the ResNet-18 whose patches averaged 91%."""
-        return max(triggers, key=lambda t: self._fit_asr(self.handle, t, t.target))
 
     def recovered_triggers(self, result, cls) -> list:
         """The scan's stand-ins for class `cls`'s trigger (what the defense unlearns)."""
@@ -322,55 +266,15 @@ class AuditSession:
         return self._after_handle
 
     def _run_defense(self):
-        from .defenses import unlearn
-        from .loading import load_model
-        from .outputs import repaired_metadata, repaired_model_file, write_repaired
-        from .registry import DEFENSES
+        from .defense_stage import repair_and_reload, triggers_to_unlearn
 
-        cfg = self.config
         self.require("model", "data")
-        entry = DEFENSES.get(cfg.defense)
         before_scan = self._scans.get("before")
         flagged = self.flagged(before_scan) if before_scan is not None else []
-        # A known trigger is the real thing: unlearn it, plus what the scan found for OTHER classes.
-        known = [self.known_trigger] if self.known_trigger is not None else []
-        known_targets = {t.target for t in known}
-        triggers = known + [t for c in flagged if c not in known_targets for t in self.recovered_triggers(before_scan, c)]
-        if not triggers:
-            raise RuntimeError("a backdoor check failed but no trigger (recovered or known) is available to unlearn")
-        kinds = {(t.target_name, t.source, t.kind): 0 for t in triggers}
-        for t in triggers:
-            kinds[(t.target_name, t.source, t.kind)] += 1
-        record = DefenseRecord(entry.name, [{"target": k[0], "source": k[1], "kind": k[2], "count": n} for k, n in kinds.items()])
-        self.defense = record
-        targets = [str(c) for c in sorted({t.target for t in triggers if t.target is not None})]
-        targets += ["all-to-all"] if any(t.target is None for t in triggers) else []
-        self.progress(f"defense {entry.name}: unlearning the triggers for target(s) {', '.join(targets)} ({len(triggers)} known or "
-                      "recovered)")
-        done = unlearn(self.handle, self.split.fit, triggers, entry.name, cfg.defense_params, cfg.repair, cfg.repair_params,
-                       cfg.seed, self.progress)
-        edit_metrics = self.measure(done.edited)
-        record.after_edit = {k: edit_metrics[k] for k in ("c_acc", "per_class_acc", "asr", "asr_no_trigger", "asr_trigger_flips")
-                             if k in edit_metrics}
-        record.samples_used, record.stats, record.repair = done.outcome.samples_used, done.outcome.stats, done.repair_stats
-        record.seconds = done.seconds
-        self.timings["defense"] = record.seconds
-        final = done.final
-        info = self.handle.info
-        arch = cfg.arch or (info.metadata.get("arch", {}) or {}).get("callable")
-        kwargs = dict(cfg.arch_kwargs) or dict((info.metadata.get("arch", {}) or {}).get("kwargs", {}))
-        protected = tuple(p for p in (cfg.model, cfg.paired_model, cfg.reference_model, cfg.trigger, cfg.metadata) if p)
-        provenance = {"defense": entry.name, "defense_params": dict(cfg.defense_params), "repair": cfg.repair,
-                      "triggers": record.triggers, "seed": cfg.seed}
-        written = write_repaired(final, self.handle, cfg.output_dir, protected,
-                                 metadata=repaired_metadata(info, arch, kwargs, provenance))
-        record.outputs = {k: str(v) for k, v in written.items()}
-        self.progress(f"repaired model written: {', '.join(record.outputs.values())}")
-        # The after stage audits the files as written, loaded back through the same fail-closed loader.
-        reload_path = repaired_model_file(written)
-        request = self._request(reload_path, arch=arch, arch_kwargs=kwargs, input_shape=info.input_shape,
-                                mean=info.mean, std=info.std, metadata_path=None)
-        after = load_model(replace(request, path=Path(reload_path)))
-        after.info = replace(after.info, metadata=info.metadata)
-        self.repaired_module_for_parity = final.module
-        return after
+        triggers = triggers_to_unlearn(self.known_trigger, before_scan, flagged, self.handle.input_shape, self.thresholds)
+        repaired = repair_and_reload(self.config, self.handle, self.split, triggers, self.evaluation, self.reference_trigger(),
+                                     self._request(self.config.model), self.progress)
+        self.defense = repaired.record
+        self.timings["defense"] = repaired.record.seconds
+        self.repaired_module_for_parity = repaired.module
+        return repaired.handle

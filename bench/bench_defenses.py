@@ -44,7 +44,7 @@ def clean_model_asr(session, trigger) -> tuple[float, float]:
     from auditor.loading import LoadRequest, load_model
 
     clean = load_model(LoadRequest(path=ROOT / "fixtures" / "models" / "clean_cnn.pt"))
-    attack = session.measure_attack(clean, trigger)
+    attack = session.evaluation.measure_attack(clean, trigger)
     return attack["asr"], attack["asr_trigger_flips"]
 
 
@@ -73,7 +73,7 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed:
     floor_asr, floor_moved = clean_model_asr(session, known)
     out = {"fit": len(session.split.fit), "eval": len(session.split.eval), "target": known.target,
            "floor_asr": floor_asr, "floor_moved": floor_moved}
-    before = session.measure(session.handle)
+    before = session.evaluation.measure(session.handle, known)
     start = time.perf_counter()
     if mode == "known":
         triggers = [known]
@@ -90,11 +90,11 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed:
     d_start = time.perf_counter()
     done = unlearn(session.handle, session.split.fit, triggers, defense, {}, True, {}, seed)  # what `auditor scan` runs
     outcome, repaired, stats = done.outcome, done.final, done.repair_stats
-    edited = session.measure(done.edited)
+    edited = session.evaluation.measure(done.edited, known)
     if mode != "known":
         out["rec_asr_before"] = recovered_asr(session.handle, session.split.eval, triggers)
         out["rec_asr_after"] = recovered_asr(repaired, session.split.eval, triggers)
-    out.update(before=before, edit=edited, repaired=session.measure(repaired), defense_seconds=outcome.seconds,
+    out.update(before=before, edit=edited, repaired=session.evaluation.measure(repaired, known), defense_seconds=outcome.seconds,
                repair_seconds=stats["seconds"], repair_steps=stats["steps"], fallen=stats["fallen_classes"],
                defense_repair_seconds=time.perf_counter() - d_start, seconds=time.perf_counter() - start)
     return out

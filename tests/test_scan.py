@@ -186,4 +186,4 @@ def test_estimated_asr_uses_the_strongest_recovered_trigger():
     session.prepare()
     real = load_trigger(BADNETS_TRIGGER, 1, 28, 28)
     blank = replace(real, mask=torch.zeros_like(real.mask), source="recovered")
-    assert session._strongest_trigger([blank, real, blank]) is real
+    assert session.evaluation.strongest(session.handle, [blank, real, blank]) is real

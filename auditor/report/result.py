@@ -131,12 +131,11 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
         out["scan"] = _scan_dict(session, before_scan)
         if session.scan_result("after") is not None:
             out["scan"]["after"] = _scan_dict(session, session.scan_result("after"))
-    for stage in ("before", "after"):
-        if stage in session._metrics:
-            try:
-                out["metrics"][stage] = _round(session.metrics(stage))
-            except Exception as exc:  # a metric that cannot be computed must not hide the verdict
-                out["metrics"][stage] = {"error": str(exc)}
+    for stage in session.measured_stages():
+        try:
+            out["metrics"][stage] = _round(session.metrics(stage))
+        except Exception as exc:  # a metric that cannot be computed must not hide the verdict
+            out["metrics"][stage] = {"error": str(exc)}
     out["pictures"] = _pictures(session, out)
     if session.defense is not None:
         d = session.defense
