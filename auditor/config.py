@@ -40,6 +40,7 @@ class AuditConfig:
     max_mask_ratio: float = 0.5
     min_generative_asr: float = 0.8
     nc_alone_threshold: float = 6.0  # generative scan: an NC index this high flags by itself (scans/base.py)
+    max_margin_p: float = 0.05  # max-margin scan: the top class is flagged below this p-value (MM-BD's own)
     max_asr: float = 0.05
     max_logit_diff: float = 1e-3
     gate: str = "before"

@@ -11,6 +11,7 @@ With `--reference STEM` (a clean model of the same task) the generative candidat
 triggers are also tried on that model: a natural feature of the data carries over to another
 clean model, a planted trigger should not.
     .venv/bin/python bench/bench_scans.py --scans generative --reference clean_cnn --seeds 0 1 2
+    .venv/bin/python bench/bench_scans.py --scans max-margin --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
     meta = session.handle.info.metadata
     out = {"flagged": flagged, "target": (meta.get("trigger") or {}).get("target"),
            "all_to_all": bool((meta.get("trigger") or {}).get("all_to_all")), "attack": meta.get("attack", "badnets" if meta.get("trigger") else None),
-           "top_index": max(result.anomaly_index), "argmax": max(range(len(result.anomaly_index)), key=lambda c: result.anomaly_index[c]),
-           "rec_asr": result.recovered_asr[flagged[0]] if flagged and result.recovered_asr else None,
+           "argmax": result.ranking()[0],
+           # the scan's own statistic for its most suspicious class: NC's anomaly index, or max-margin's p-value
+           "top_index": max(result.anomaly_index) if hasattr(result, "anomaly_index") else None,
+           "p_value": getattr(result, "p_value", None),
+           "rec_asr": result.recovered_asr[flagged[0]] if flagged and getattr(result, "recovered_asr", None) else None,
            "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds,
            "warp": result.warp.asr if getattr(result, "warp", None) is not None else None}
     if reference != "-" and Path(reference).resolve() != Path(model).resolve():
@@ -101,6 +105,10 @@ def verdict(r: dict) -> str:
     return "detected, right target" if r["flagged"][0] == r["target"] else f"flagged {r['flagged'][0]}, target {r['target']}"
 
 
+def _top_statistic(r: dict) -> str:
+    return f"{r['top_index']:.2f}" if r["top_index"] is not None else f"p = {r['p_value']:.2g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
@@ -119,7 +127,7 @@ def main() -> None:
     if args.reference and reference is None:
         raise SystemExit(f"no fixture model {args.reference}")
     ref_col = f" sampled triggers' ASR on {args.reference} (of the audited model's) |" if reference else ""
-    print("| model | attack | target | scan | flagged | verdict | top anomaly index (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class |"
+    print("| model | attack | target | scan | flagged | verdict | top anomaly index or p-value (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class |"
           f"{ref_col} wall (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
     for model, seed in ((m, s) for m in models for s in args.seeds):
@@ -137,7 +145,7 @@ def main() -> None:
             warp = "—" if r["warp"] is None else "{1}: {0:.0f}%".format(*max((100 * a, c) for c, a in enumerate(r["warp"])))
             ref = f" {', '.join(r.get('transfer') or []) or '—'} |" if reference else ""
             print(f"| {name} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
-                  f"{r['top_index']:.2f} ({r['argmax']}) | {rec} | {gen} | {warp} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                  f"{_top_statistic(r)} ({r['argmax']}) | {rec} | {gen} | {warp} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
