@@ -34,12 +34,23 @@ class Repaired:
     module: Any  # the repaired torch module as it was exported (the ONNX parity check compares the two)
 
 
-def triggers_to_unlearn(known, scan_result, flagged: list[int], input_shape, thresholds) -> list:
-    """A known trigger is the real thing: unlearn it, plus what the scan found for the OTHER classes it flagged."""
+def classes_to_unlearn(scan_result, thresholds) -> list[int]:
+    """The classes whose recovered triggers the defense unlearns: the flagged ones, then, when the scan
+    flagged any, its suspects (a flag that may have named the wrong class; a known trigger's failure
+    alone does not make a suspect worth unlearning)."""
+    if scan_result is None:
+        return []
+    flagged = scan_result.flagged(thresholds)
+    return flagged + [c for c in scan_result.suspects(thresholds) if c not in flagged] if flagged else []
+
+
+def triggers_to_unlearn(known, scan_result, input_shape, thresholds) -> list:
+    """A known trigger is the real thing: unlearn it, plus what the scan found for the OTHER classes it
+    flagged or suspects."""
     known_list = [known] if known is not None else []
     known_targets = {t.target for t in known_list}
-    recovered = [t for c in flagged if c not in known_targets for t in scan_result.triggers(c, input_shape, thresholds)]
-    return known_list + recovered
+    classes = [c for c in classes_to_unlearn(scan_result, thresholds) if c not in known_targets]
+    return known_list + [t for c in classes for t in scan_result.triggers(c, input_shape, thresholds)]
 
 
 def _summarise(triggers: list) -> list[dict]:

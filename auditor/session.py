@@ -269,9 +269,7 @@ class AuditSession:
         from .defense_stage import repair_and_reload, triggers_to_unlearn
 
         self.require("model", "data")
-        before_scan = self._scans.get("before")
-        flagged = self.flagged(before_scan) if before_scan is not None else []
-        triggers = triggers_to_unlearn(self.known_trigger, before_scan, flagged, self.handle.input_shape, self.thresholds)
+        triggers = triggers_to_unlearn(self.known_trigger, self._scans.get("before"), self.handle.input_shape, self.thresholds)
         repaired = repair_and_reload(self.config, self.handle, self.split, triggers, self.evaluation, self.reference_trigger(),
                                      self._request(self.config.model), self.progress)
         self.defense = repaired.record

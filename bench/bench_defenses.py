@@ -43,7 +43,11 @@ def clean_model_asr(session, trigger) -> tuple[float, float]:
     with it, elsewhere without): what no defense can be expected to beat."""
     from auditor.loading import LoadRequest, load_model
 
-    clean = load_model(LoadRequest(path=ROOT / "fixtures" / "models" / "clean_cnn.pt"))
+    # a clean model of the same input: the ResNet-18 zoo pair's own, else the small-CNN fixture
+    same_input = ROOT / "fixtures" / "zoo" / "resnet18_clean.pt"
+    if session.handle.input_shape != (3, 32, 32) or not same_input.exists():
+        same_input = ROOT / "fixtures" / "models" / "clean_cnn.pt"
+    clean = load_model(LoadRequest(path=same_input))
     attack = session.evaluation.measure_attack(clean, trigger)
     return attack["asr"], attack["asr_trigger_flips"]
 
@@ -58,6 +62,7 @@ def recovered_asr(handle, data, triggers) -> float:
 
 def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed: int = 0) -> dict:
     from auditor.config import AuditConfig
+    from auditor.defense_stage import classes_to_unlearn, triggers_to_unlearn
     from auditor.defenses import unlearn
     from auditor.registry import SCANS
     from auditor.session import AuditSession
@@ -81,8 +86,9 @@ def run_one(stem: str, defense: str, mode: str, per_class: int, scan: str, seed:
         result = SCANS.get(scan).factory(session.handle, session.split, {}, seed, None)
         flagged = session.flagged(result)
         out["flagged"] = flagged
-        out["rec_asr"] = result.recovered_asr[flagged[0]] if flagged and result.recovered_asr else None
-        triggers = [t for c in flagged for t in session.recovered_triggers(result, c)]
+        out["rec_asr"] = result.recovered_asr[flagged[0]] if flagged and getattr(result, "recovered_asr", None) else None
+        triggers = triggers_to_unlearn(None, result, session.handle.input_shape, session.thresholds)  # what `auditor scan` unlearns
+        out["unlearned"] = classes_to_unlearn(result, session.thresholds)
         out["scan_seconds"] = time.perf_counter() - start
         if not triggers:
             out.update(before=before, seconds=time.perf_counter() - start)
@@ -176,7 +182,8 @@ def main() -> None:
         for stem in args.models:
             for scan in args.scans:
                 r = measure([stem, DEFAULT, "recovered", "10", scan, "0"])
-                print(row(stem, f"{scan}: {r.get('flagged', '')}", r), flush=True)
+                also = [c for c in r.get("unlearned", []) if c not in r.get("flagged", [])]
+                print(row(stem, f"{scan}: {r.get('flagged', '')}" + (f", also unlearned {also}" if also else ""), r), flush=True)
     if not args.no_sweep:
         print(f"\n### {DEFAULT} + repair, known trigger, by clean samples per class\n")
         print(HEADER.format(label="per class", extra=FLOOR))

@@ -15,7 +15,20 @@ def check_trigger_scan(scan, audit_session, record_property):
         raise AssertionError(
             f"possible backdoor: {scan.evidence(worst, audit_session.thresholds, label)}; flagged classes: {flagged}"
             + _compared_with_delivered(scan, audit_session, worst) + _carry_over_note(audit_session.carry_over(scan))
+            + _suspects_note(scan, audit_session.thresholds)
         )
+
+
+def _suspects_note(scan, thresholds) -> str:
+    """Classes the scan does not flag but the defense will also unlearn, named so the person reading
+    the failure knows the flag may not be the whole story."""
+    from auditor.defense_stage import classes_to_unlearn
+
+    flagged = scan.flagged(thresholds)
+    suspects = [c for c in classes_to_unlearn(scan, thresholds) if c not in flagged]
+    if not suspects:
+        return ""
+    return f"; also suspected (unlearned by the defense, not flagged): {', '.join(f'class {c} ({scan.describe_class(c)}))' for c in suspects)}"
 
 
 def _carry_over_note(rates: dict) -> str:

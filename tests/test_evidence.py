@@ -37,3 +37,25 @@ def test_below_the_strong_threshold_the_nc_index_only_ranks():
 def test_a_large_mask_is_not_an_outlier_however_high_its_index():
     result = _result([0.1, 9.0, 0.3, 0.0, -0.2, 0.4, 0.2, 0.1, 0.5, 0.0], [20, 15, 19, 21, 22, 18, 20, 20, 18, 21])
     assert result.flagged(ScanThresholds()) == []  # 15 is over max_mask_ratio x the median
+
+
+def test_an_nc_outlier_below_the_flag_is_suspected_and_unlearned_once_the_model_fails():
+    """The ResNet-18 Blended case: class 0's sampled patches reach the ASR flag (a naturally easy class),
+    the true target ranks first by NC at 3.2 but under the NC-alone threshold: it is not a flag (clean
+    models' Bag reaches 5.5) but the defense unlearns it with the flagged class."""
+    from auditor.defense_stage import classes_to_unlearn, triggers_to_unlearn
+    from auditor.scans.generative import CandidateDistribution
+
+    result = _result([0.87, 0.0, -0.1, -0.2, 3.2, -1.0, 0.7, -4.5, 0.7, -1.1], [26, 38, 40, 40, 10, 56, 29, 234, 29, 59])
+    patches = torch.zeros(16, 1, 2, 2)
+    result.distributions = [CandidateDistribution(4, 2, 0, 0, patches, [0.74] * 16, 0.0, None, 0.0),
+                            CandidateDistribution(0, 2, 0, 0, patches, [0.82] * 16, 0.0, None, 0.0)]
+    thresholds = ScanThresholds()
+    assert result.flagged(thresholds) == [0] and result.suspects(thresholds) == [4]
+    assert classes_to_unlearn(result, thresholds) == [0, 4]
+    unlearned = triggers_to_unlearn(None, result, (1, 4, 4), thresholds)
+    assert {t.target for t in unlearned} == {0, 4}
+    # a clean model is never failed on a suspect: with no flag there is nothing to unlearn and no verdict
+    result.distributions[1].sample_asr = [0.5] * 16
+    assert result.flagged(thresholds) == [] and result.suspects(thresholds) == [4]
+    assert classes_to_unlearn(result, thresholds) == []  # and no flag, no suspect unlearned (e.g. a known trigger failed)

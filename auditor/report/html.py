@@ -179,10 +179,35 @@ def _other_scan_section(result: dict, scan: dict) -> str:
             + (f'<p class="limits"><b>What this scan cannot see:</b> {escape(scan["limits"])}</p>' if scan.get("limits") else ""))
 
 
+def _margin_scan_section(result: dict, scan: dict) -> str:
+    """The max-margin scan: every class's largest reachable margin as a bar, the top class's p-value."""
+    after = (scan.get("after") or {}).get("margins")
+    top = max(scan["margins"] + (after or []) + [1e-9])
+    rows = []
+    for c, margin in enumerate(scan["margins"]):
+        flagged = c in scan["flagged_classes"]
+        bar = f'<span class="bar{" hot" if flagged else ""}" style="width:{int(120 * max(margin, 0) / top)}px"></span>'
+        after_cell = f"<td>{after[c]:.1f}</td>" if after else ""
+        rows.append(f'<tr class="{"flag" if flagged else ""}"><td>{_class_label(result, c)}</td><td>{margin:.1f} {bar}</td>'
+                    f"<td>{'FLAGGED' if flagged else ''}</td>{after_cell}</tr>")
+    threshold = result["config"].get("max_margin_p", 0.05)
+    return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
+            "<p>For every class, the largest logit margin over all other classes that any image in the valid pixel range "
+            "reaches (gradient ascent from random images; no clean data). A backdoor target is reachable with an unusually "
+            f"large margin. The largest class, {_class_label(result, scan['top_class'])}, has p = {scan['p_value']:.2g} under a "
+            f"Gamma distribution fitted to the other classes' margins; it is flagged below {threshold:g}. "
+            f"Scan time {scan['seconds']:.1f}s.</p>"
+            '<table class="grid"><tr><th>Class</th><th>Largest margin</th><th></th>'
+            + ("<th>after: largest margin</th>" if after else "") + f"</tr>{''.join(rows)}</table>{_reference_paragraph(result, scan)}"
+            + (f'<p class="limits"><b>What this scan cannot see:</b> {escape(scan["limits"])}</p>' if scan.get("limits") else ""))
+
+
 def _scan_section(result: dict) -> str:
     scan = result.get("scan")
     if not scan:
         return ""
+    if "margins" in scan and "p_value" in scan:
+        return _margin_scan_section(result, scan)
     if "norms" not in scan or "anomaly_index" not in scan:
         return _other_scan_section(result, scan)
     after = scan.get("after") or {}
@@ -195,15 +220,17 @@ def _scan_section(result: dict) -> str:
         bar = f'<span class="bar{" hot" if flagged else ""}" style="width:{width}px"></span>'
         asr = scan["recovered_asr"][c] if scan.get("recovered_asr") else None
         after_cells = (f"<td>{after['norms'][c]:.1f}</td><td>{after['anomaly_index'][c]:.2f}</td>" if after else "")
+        mark = "FLAGGED" if flagged else ("suspected (not flagged)" if c in scan.get("suspected_classes", []) else "")
         rows.append(f'<tr class="{"flag" if flagged else ""}"><td>{_class_label(result, c)}</td><td>{norm:.1f}</td>'
-                    f"<td>{index:.2f} {bar}</td><td>{_pct(asr)}</td><td>{'FLAGGED' if flagged else ''}</td>{after_cells}</tr>")
+                    f"<td>{index:.2f} {bar}</td><td>{_pct(asr)}</td><td>{mark}</td>{after_cells}</tr>")
     after_head = "<th>after: mask L1</th><th>after: anomaly index</th>" if after else ""
     generative = _generative_tables(result, scan)
     # the generative scan only ranks classes by this index; its flags come from the tables below
     verdict = (f"flagged above {threshold:g} when the mask is also at most {result['config']['max_mask_ratio']:g} × "
                f"the median mask" if not generative else
                f"here it ranks the classes, and flags one by itself only above {result['config'].get('nc_alone_threshold', 6.0):g}: "
-               "the generative scan flags a class by its sampled triggers or its warp (below)")
+               "the generative scan flags a class by its sampled triggers or its warp (below). When some class is flagged, "
+               f"a class above {threshold:g} with a small mask that is not flagged is suspected, and the defense unlearns its trigger too")
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
             f"smaller mask than the others: anomaly index = (median − log L1) / (1.4826 · MAD) over the classes' log mask "

@@ -25,6 +25,8 @@ def versions() -> dict[str, str]:
 
 def _round(value, digits=4):
     if isinstance(value, float):
+        if value != 0 and abs(value) < 10 ** -digits:  # a p-value of 3e-6 is not 0: keep three significant digits
+            return float(f"{value:.3g}")
         return round(value, digits)
     if isinstance(value, list):
         return [_round(v, digits) for v in value]
@@ -52,7 +54,10 @@ def verdict_and_exit(records, session, pytest_exit: int | None, collected: int, 
 
 def _scan_dict(session, result) -> dict:
     flagged = session.flagged(result)
-    out = {"flagged_classes": flagged, **result.summary(), "limits": SCANS.limits(result.method)}
+    from ..defense_stage import classes_to_unlearn
+
+    suspected = [c for c in classes_to_unlearn(result, session.thresholds) if c not in flagged]  # only when something is flagged
+    out = {"flagged_classes": flagged, "suspected_classes": suspected, **result.summary(), "limits": SCANS.limits(result.method)}
     if session.reference is not None:
         out["reference_model"] = str(session.config.reference_model)
         out["carry_over"] = {str(c): r for c, r in session.carry_over(result).items()}
@@ -108,7 +113,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
         "config": {"data": cfg.data, "clean_samples": cfg.clean_samples, "scan": cfg.scan, "defense": cfg.defense,
                    "repair": cfg.repair, "min_accuracy": cfg.min_accuracy, "max_accuracy_drop": cfg.max_accuracy_drop,
                    "max_class_drop": cfg.max_class_drop,
-                   "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "min_generative_asr": cfg.min_generative_asr, "nc_alone_threshold": cfg.nc_alone_threshold, "max_asr": cfg.max_asr,
+                   "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "min_generative_asr": cfg.min_generative_asr, "nc_alone_threshold": cfg.nc_alone_threshold, "max_margin_p": cfg.max_margin_p, "max_asr": cfg.max_asr,
                    "reference_model": str(cfg.reference_model) if cfg.reference_model else None,
                    "trigger": str(cfg.trigger) if cfg.trigger else None},
         "versions": versions(),

@@ -25,10 +25,12 @@ class ScanThresholds:
     # of the zoo reached 5.5 over seeds 0-2, and a Blended ResNet-18 whose target scored 8.6 passed when
     # only the sampled patches could flag (docs/benchmarks.md, "Scans over seeds")
     nc_alone_threshold: float = 6.0
+    max_margin_p_value: float = 0.05  # max-margin scan: the largest class's margin must be this unlikely under the others' fit
 
     @classmethod
     def from_config(cls, config) -> "ScanThresholds":
-        return cls(config.anomaly_threshold, config.max_mask_ratio, config.min_generative_asr, config.nc_alone_threshold)
+        return cls(config.anomaly_threshold, config.max_mask_ratio, config.min_generative_asr, config.nc_alone_threshold,
+                   config.max_margin_p)
 
 
 # A titled group of pictures for the report: (title, [(caption, base64 PNG), ...]).
@@ -47,6 +49,10 @@ class ScanResult(Protocol):
 
     def flagged(self, thresholds: ScanThresholds) -> list[int]:
         """The classes the scan points at under `thresholds`, most suspicious first."""
+
+    def suspects(self, thresholds: ScanThresholds) -> list[int]:
+        """Classes the scan does not flag, but whose triggers the defense also unlearns once the model has
+        failed: evidence too weak to fail a clean model on, strong enough to act on in a failed one."""
 
     def triggers(self, cls: int, input_shape: tuple[int, int, int], thresholds: ScanThresholds) -> list["Trigger"]:
         """The recovered stand-ins for class `cls`'s trigger, for the defense to unlearn."""

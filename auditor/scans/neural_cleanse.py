@@ -70,6 +70,9 @@ class NeuralCleanseResult:
         return sorted((c for c, a in enumerate(idx) if a > thresholds.anomaly_threshold and norms[c] <= thresholds.max_mask_ratio * median),
                       key=lambda c: -idx[c])
 
+    def suspects(self, thresholds) -> list[int]:
+        return []  # its flags are all it has
+
     def triggers(self, cls: int, input_shape, thresholds) -> list[Trigger]:
         return [Trigger(self.masks[cls], self.patterns[cls], cls, "recovered")]
 
