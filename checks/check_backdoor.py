@@ -28,7 +28,7 @@ def _suspects_note(scan, thresholds) -> str:
     suspects = [c for c in classes_to_unlearn(scan, thresholds) if c not in flagged]
     if not suspects:
         return ""
-    return f"; also suspected (unlearned by the defense, not flagged): {', '.join(f'class {c} ({scan.describe_class(c)}))' for c in suspects)}"
+    return f"; also suspected (unlearned by the defense, not flagged): {'; '.join(f'class {c}: its {scan.describe_class(c)})' for c in suspects)}"
 
 
 def _carry_over_note(rates: dict) -> str:

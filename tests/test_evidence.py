@@ -59,3 +59,26 @@ def test_an_nc_outlier_below_the_flag_is_suspected_and_unlearned_once_the_model_
     result.distributions[1].sample_asr = [0.5] * 16
     assert result.flagged(thresholds) == [] and result.suspects(thresholds) == [4]
     assert classes_to_unlearn(result, thresholds) == []  # and no flag, no suspect unlearned (e.g. a known trigger failed)
+
+
+def test_the_failure_message_names_the_suspects():
+    import importlib.util
+    import warnings
+    from pathlib import Path
+
+    from auditor.scans.generative import CandidateDistribution
+
+    # the check module as the plugin loads it (its `backdoor` mark is registered by the plugin, not here)
+    spec = importlib.util.spec_from_file_location("check_backdoor", Path(__file__).resolve().parents[1] / "checks" / "check_backdoor.py")
+    module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec.loader.exec_module(module)
+    _suspects_note = module._suspects_note
+
+    result = _result([0.87, 0.0, -0.1, -0.2, 3.2, -1.0, 0.7, -4.5, 0.7, -1.1], [26, 38, 40, 40, 10, 56, 29, 234, 29, 59])
+    result.distributions = [CandidateDistribution(0, 2, 0, 0, torch.zeros(16, 1, 2, 2), [0.82] * 16, 0.0, None, 0.0)]
+    assert _suspects_note(result, ScanThresholds()) == (
+        "; also suspected (unlearned by the defense, not flagged): class 4: its mask was L1 10.0 (anomaly index 3.20)")
+    result.distributions[0].sample_asr = [0.5] * 16  # nothing flagged: no suspect named
+    assert _suspects_note(result, ScanThresholds()) == ""
