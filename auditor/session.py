@@ -171,6 +171,7 @@ class AuditSession:
             self.require("data", *(["reference_model"] if self.config.reference_model else []))
             entry = SCANS.get(self.config.scan)
             self.progress(f"{entry.name} scan of the {stage} model ({handle.num_classes} classes)")
+            self._say_cost(entry, handle, stage)
             result = entry.factory(handle, self.split, self.config.scan_params, self.config.seed, self.progress)
             self.timings[f"scan_{stage}"] = result.seconds
             if self.reference is not None:
@@ -179,6 +180,18 @@ class AuditSession:
             self.progress(f"{entry.name} done in {result.seconds:.1f}s: flagged classes {flagged or 'none'}")
             self._scans[stage] = result
         return self._scans[stage]
+
+    def _say_cost(self, entry, handle, stage: str) -> None:
+        """Before a long scan: what its full budget costs in image passes and seconds on this machine (kept in timings)."""
+        from .cost import scan_upper_bound
+
+        bound = scan_upper_bound(entry.params_type, self.config.scan_params, handle)
+        if bound is None:
+            return
+        self.timings[f"scan_{stage}_full_budget_estimate"] = bound["seconds"]
+        self.progress(f"{entry.name}: full budget {bound['image_passes']:,} image passes at {bound['images_per_second']:,.0f} "
+                      f"images/s (forward + backward, measured here): about {bound['seconds']:.0f}s; "
+                      "early stopping usually ends it sooner")
 
     def scan_result(self, stage: str):
         """The stage's scan result if it has run, else None (renderers must not start a scan)."""

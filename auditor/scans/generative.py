@@ -334,6 +334,12 @@ class GenerativeScanParams:
         self.nc = NeuralCleanseParams(**{**nc, "seed": seed})
         self.generative = GenerativeParams(**{**gp, "seed": seed})
 
+    def image_passes(self, num_classes: int) -> int:
+        """At most this many images forward and backward: the NC pass, each candidate's generator, the warp search."""
+        g = self.generative
+        return (self.nc.image_passes(num_classes) + min(g.candidates, num_classes) * g.steps * g.batch_size
+                + g.warp_steps * num_classes * g.warp_batch_size)
+
 
 @SCANS.register(
     "generative",

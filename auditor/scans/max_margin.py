@@ -36,6 +36,10 @@ class MaxMarginParams:
         if self.starts < 1 or self.steps < 1 or self.batch_size < 1 or self.nc_max_steps < 1 or self.lr <= 0:
             raise ValueError("max-margin: starts, steps, batch_size, nc_max_steps >= 1 and lr > 0")
 
+    def image_passes(self, num_classes: int) -> int:
+        """Images forward and backward: every class's starts for every step, then NC on one class (at most)."""
+        return num_classes * self.starts * self.steps + NeuralCleanseParams(max_steps=self.nc_max_steps).image_passes(num_classes, 1)
+
 
 def gamma_fit(values: torch.Tensor) -> tuple[float, float]:
     """Maximum-likelihood Gamma (shape, scale) for positive values: Minka's closed-form start and

@@ -43,6 +43,10 @@ class NeuralCleanseParams:
         if not 0 < self.success_threshold <= 1:
             raise ValueError("neural cleanse: success_threshold must be in (0, 1]")
 
+    def image_passes(self, num_classes: int, classes: int | None = None) -> int:
+        """At most this many images go forward and backward (every class running all its steps)."""
+        return self.max_steps * (num_classes if classes is None else classes) * self.batch_size
+
 
 @dataclass
 class NeuralCleanseResult:
