@@ -1,7 +1,7 @@
 """What a scan will cost on this model and machine, said before it starts: the scan's own count of
 image passes at its full budget (forward and backward; early stopping only ends work sooner) divided
 by the images per second this model does here, measured on a few batches. Measured against the
-scans' real times in docs/benchmarks.md ("Cost estimate"): the generative scan took 45-64% of it."""
+scans' real times in docs/benchmarks.md ("Cost estimate"): the generative scan took 45-53% of it."""
 
 from __future__ import annotations
 
