@@ -14,10 +14,10 @@ from .model import ModelHandle
 
 def optimisation_throughput(handle: ModelHandle, batch_size: int = 32, repeats: int = 3) -> float:
     """Images per second through forward and a backward pass to the input, as the scans run them."""
+    from .scans.neural_cleanse import _freeze, _restore
+
     x = torch.rand(batch_size, *handle.input_shape, device=handle.device)
-    flags = [p.requires_grad for p in handle.module.parameters()]
-    for p in handle.module.parameters():
-        p.requires_grad_(False)
+    flags = _freeze(handle.module)
     try:
         def one_pass():
             image = x.clone().requires_grad_(True)
@@ -33,11 +33,10 @@ def optimisation_throughput(handle: ModelHandle, batch_size: int = 32, repeats: 
             torch.cuda.synchronize(handle.device)
         return batch_size * repeats / max(time.perf_counter() - start, 1e-9)
     finally:
-        for p, flag in zip(handle.module.parameters(), flags):
-            p.requires_grad_(flag)
+        _restore(handle.module, flags)
 
 
-def scan_upper_bound(params_type, params: dict, handle: ModelHandle) -> dict | None:
+def scan_full_budget(params_type, params: dict, handle: ModelHandle) -> dict | None:
     """{"image_passes", "images_per_second", "seconds"} at the scan's full budget, for a scan whose
     parameters count their image passes (`image_passes(num_classes)`), else None."""
     if params_type is None or not hasattr(params_type, "image_passes"):

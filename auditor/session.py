@@ -183,9 +183,9 @@ class AuditSession:
 
     def _say_cost(self, entry, handle, stage: str) -> None:
         """Before a long scan: what its full budget costs in image passes and seconds on this machine (kept in timings)."""
-        from .cost import scan_upper_bound
+        from .cost import scan_full_budget
 
-        bound = scan_upper_bound(entry.params_type, self.config.scan_params, handle)
+        bound = scan_full_budget(entry.params_type, self.config.scan_params, handle)
         if bound is None:
             return
         self.timings[f"scan_{stage}_full_budget_estimate"] = bound["seconds"]

@@ -17,13 +17,13 @@ def test_image_passes_follow_the_parameters():
 
 
 def test_estimate_is_measured_on_the_model_and_leaves_it_as_it_was(badnets_handle):
-    from auditor.cost import scan_upper_bound
+    from auditor.cost import scan_full_budget
     from auditor.registry import SCANS
     import auditor.scans  # noqa: F401
 
     flags = [p.requires_grad for p in badnets_handle.module.parameters()]
-    bound = scan_upper_bound(SCANS.get("generative").params_type, {"nc_max_steps": 10}, badnets_handle)
+    bound = scan_full_budget(SCANS.get("generative").params_type, {"nc_max_steps": 10}, badnets_handle)
     assert bound["images_per_second"] > 0 and bound["image_passes"] < 166_400
     assert abs(bound["seconds"] - bound["image_passes"] / bound["images_per_second"]) < 1e-6
     assert [p.requires_grad for p in badnets_handle.module.parameters()] == flags
-    assert scan_upper_bound(None, {}, badnets_handle) is None  # a scan that does not count its passes: nothing said
+    assert scan_full_budget(None, {}, badnets_handle) is None  # a scan that does not count its passes: nothing said

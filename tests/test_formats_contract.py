@@ -117,11 +117,17 @@ def test_folder_format_contract(fmt, tmp_path):
     assert (reloaded.input_shape, reloaded.info.mean, reloaded.info.std) == (source.input_shape, source.info.mean, source.info.std)
 
 
-@pytest.mark.parametrize("fmt", FILE_FORMATS, ids=lambda f: f.name)
-def test_format_contract(fmt, tmp_path):
+def _writable_handle(fmt):
+    """A handle the format can write: a TorchScript archive is written from a scripted module."""
     handle = _handle(fmt.name)
     if fmt.name == "torchscript":
         handle.module = torch.jit.script(handle.module)
+    return handle
+
+
+@pytest.mark.parametrize("fmt", FILE_FORMATS, ids=lambda f: f.name)
+def test_format_contract(fmt, tmp_path):
+    handle = _writable_handle(fmt)
     written = fmt.write(handle, handle, tmp_path, "model", protected=())
     model_file = Path(repaired_model_file(written))
     before = file_state(model_file)
@@ -148,9 +154,7 @@ def test_format_contract(fmt, tmp_path):
 def test_format_write_refuses_to_overwrite_an_input(fmt, tmp_path):
     from auditor.errors import AuditorInputError
 
-    handle = _handle(fmt.name)
-    if fmt.name == "torchscript":
-        handle.module = torch.jit.script(handle.module)
+    handle = _writable_handle(fmt)
     first = fmt.write(handle, handle, tmp_path, "model", protected=())
     victim = Path(repaired_model_file(first))
     before = file_state(victim)
