@@ -143,29 +143,6 @@ def test_a_graph_that_bakes_in_its_batch_runs_chunk_by_chunk(tmp_path):
     assert torch.allclose(handle.logits(batch, backend="onnxruntime"), handle.logits(batch, backend="torch"), atol=1e-6)
 
 
-def test_torchvision_state_dict_needs_no_arch(tmp_path):
-    """resnet18(num_classes=10) weights: the only torchvision classifier with these keys and shapes."""
-    import torchvision
-
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(num_classes=10).eval()
-    path = tmp_path / "weights.pt"
-    torch.save(net.state_dict(), path)
-    handle = load_model(LoadRequest(path, input_shape=(3, 32, 32), device="cpu"))
-    assert (handle.info.arch, handle.num_classes) == ("resnet18", 10)
-    assert any("identified from the weights" in n for n in handle.info.notes)
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(handle.logits(x), net(x), atol=1e-5)
-
-
-def test_unidentifiable_state_dict_still_asks_for_arch(tmp_path):
-    path = tmp_path / "weights.pt"
-    torch.save(small_cnn().state_dict(), path)
-    with pytest.raises(AuditorInputError, match="fit no torchvision classifier; pass --arch"):
-        load_model(LoadRequest(path, input_shape=(1, 28, 28), device="cpu"))
-
-
 @pytest.mark.slow
 def test_default_exporter_output_of_the_backdoored_fixture_is_repaired_with_parity(tmp_path):
     """The issue's 'done when': the committed dynamo export of the backdoored fixture (weights in

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import AuditorInputError, UnsafeModelError
+from .identify import TIMM_PREFIX, TIMM_REFUSED_KWARGS
 from .pickle_scan import scan_file
 from .torchscript_code import REEXPORT_HINT, inspect_graphs, inspect_sources
 from .zip_container import container_problems
@@ -28,11 +29,13 @@ TRUSTED_ARCH_PREFIXES = ("auditor.zoo:",)
 
 
 def build_arch(arch: str, kwargs: dict[str, Any], trusted_only: bool, max_tensor_bytes: int | None = None) -> nn.Module:
-    """`arch` is a torchvision model name or `package.module:callable`."""
-    if ":" in arch:
+    """`arch` is a torchvision model name, `timm:NAME` or `package.module:callable`."""
+    if arch.startswith(TIMM_PREFIX):
+        factory = _timm_factory(arch, kwargs)
+    elif ":" in arch:
         if trusted_only and not arch.startswith(TRUSTED_ARCH_PREFIXES):
             raise UnsafeModelError(
-                f"metadata names architecture {arch!r}: only auditor.zoo or torchvision architectures are taken "
+                f"metadata names architecture {arch!r}: only auditor.zoo, torchvision and timm architectures are taken "
                 "from a metadata file; pass --arch to use your own"
             )
         module_name, _, attr = arch.partition(":")
@@ -59,6 +62,23 @@ def build_arch(arch: str, kwargs: dict[str, Any], trusted_only: bool, max_tensor
             raise UnsafeModelError(f"metadata arguments {kwargs} for {arch} make a tensor of {biggest:,} bytes, "
                                    f"over the limit of {max_tensor_bytes:,}")
     return _construct(factory, arch, kwargs)
+
+
+def _timm_factory(arch: str, kwargs: dict[str, Any]):
+    """timm's registered architectures, never with pretrained weights or a checkpoint (no download, no
+    second file read): safe to take from a metadata file, like torchvision names."""
+    try:
+        import timm
+    except ImportError:
+        raise AuditorInputError(f"--arch {arch}: needs the timm package (pip install timm)") from None
+    name = arch[len(TIMM_PREFIX):]
+    if not timm.is_model(name):
+        raise AuditorInputError(f"--arch {arch}: {name!r} is not an architecture timm knows")
+    refused = sorted(set(kwargs) & set(TIMM_REFUSED_KWARGS))
+    if refused:
+        raise UnsafeModelError(f"--arch {arch}: refused argument(s) {', '.join(refused)}: the audit builds the "
+                               "architecture only; the weights come from the model file")
+    return functools.partial(timm.create_model, name, pretrained=False)
 
 
 def _construct(factory, arch: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -187,20 +207,23 @@ def module_for_weights(state: dict[str, torch.Tensor], request, meta: dict, meta
     if arch_spec is None and isinstance(meta.get("arch"), dict):
         arch_spec, kwargs, trusted_only = meta["arch"].get("callable"), dict(meta["arch"].get("kwargs", {})), True
     if not arch_spec:
-        from .identify import identify_torchvision
+        from .identify import identify
 
-        found = identify_torchvision(state)
-        if len(found) != 1:
-            what = (f"its keys and shapes fit {len(found)} torchvision classifiers ({', '.join(n for n, _ in found)})"
-                    if found else "its keys and shapes fit no torchvision classifier")
+        found = identify(state, request.input_shape)
+        if found.spec is None:
             raise AuditorInputError(
-                f"{path}: a state_dict holds weights only and {what}; pass --arch (a torchvision name such as "
-                "resnet18, or package.module:callable) and --arch-arg num_classes=N"
+                f"{path}: a state_dict holds weights only and {found.message}; pass --arch (a torchvision name "
+                "such as resnet18, timm:NAME, or package.module:callable) and --arch-arg num_classes=N"
             )
-        (arch_spec, num_classes), trusted_only = found[0], True
-        kwargs = {"num_classes": num_classes}
-        note = (f"architecture identified from the weights' keys and shapes: torchvision {arch_spec} with "
-                f"{num_classes} classes (the only torchvision classifier they fit; --arch overrides)")
+        arch_spec, kwargs, trusted_only = found.spec, {"num_classes": found.num_classes}, True
+        library = "timm" if arch_spec.startswith(TIMM_PREFIX) else "torchvision"
+        also = (f"; {', '.join(found.same_function)} also fit and compute the same outputs with these weights"
+                if found.same_function else "")
+        if found.different_function:
+            also += (f"; {', '.join(found.different_function)} have the same tensors but compute different outputs: "
+                     "if clean accuracy is low, pass --arch")
+        note = (f"architecture identified from the weights' keys and shapes: {library} "
+                f"{arch_spec.removeprefix(TIMM_PREFIX)} with {found.num_classes} classes{also} (--arch overrides)")
     try:
         module = build_arch(arch_spec, kwargs, trusted_only, request.max_tensor_bytes)
     except AuditorInputError as exc:  # name the model, and the metadata file the architecture came from
