@@ -280,6 +280,9 @@ def _defense_summary(defense: dict) -> str:
                      f"stamped inputs{' incl. shifted/mirrored views' if edit.get('views') else ''}, weights changed by {edit['weight_change_relative']:g} of their norm)")
     if "steps" in stats:
         parts.append(f"{stats['steps']} steps")
+    if "synthesized_images" in stats:
+        parts.append(f"{stats['iterations']} iterations on {stats['synthesized_images']:,} generated images "
+                     f"(patch search {stats['patch_side']}×{stats['patch_side']})")
     if recalibrated := _recalibration(stats):
         folds = stats["recalibration"].get("folds")
         parts.append(recalibrated + f" (the target margin the edit took on the fit samples each of {folds} edits left out)")
