@@ -99,7 +99,25 @@ def build_config(cli: dict[str, Any], config_file: Path | None) -> AuditConfig:
     for key in ("scan_params", "defense_params", "repair_params"):
         if key in cli and key in settings and isinstance(cli[key], dict):
             settings[key] = {**read_config_file(config_file).get(key, {}), **cli[key]} if config_file else cli[key]
+    if str(settings.get("data", "")).lower() == NO_DATA:
+        _data_free(settings)
     return AuditConfig(**settings)
+
+
+NO_DATA = "none"
+DATA_FREE_DEFENSES = ("dhbe", "none")  # the defenses that need no clean samples
+
+
+def _data_free(settings: dict[str, Any]) -> None:
+    """--data none: DHBE unless a data-free defense is named, and no repair step (it needs clean samples)."""
+    settings["data"] = NO_DATA
+    settings.setdefault("defense", "dhbe")
+    if settings["defense"] not in DATA_FREE_DEFENSES:
+        raise AuditorInputError(f"--data none: --defense {settings['defense']} needs clean samples; "
+                                f"without data only {' or '.join(DATA_FREE_DEFENSES)} run (dhbe is the default here)")
+    if settings.get("repair"):
+        raise AuditorInputError("--data none: the repair step needs clean samples; leave out --repair")
+    settings["repair"] = False
 
 
 def with_outputs(config: AuditConfig) -> AuditConfig:

@@ -61,7 +61,7 @@ def _summarise(triggers: list) -> list[dict]:
     return [{"target": k[0], "source": k[1], "kind": k[2], "count": n} for k, n in counts.items()]
 
 
-def repair_and_reload(config: AuditConfig, handle: ModelHandle, split: Split, triggers: list, evaluation: Evaluation,
+def repair_and_reload(config: AuditConfig, handle: ModelHandle, split: Split, triggers: list, evaluation: Evaluation | None,
                       measured_trigger, request: LoadRequest, progress) -> Repaired:
     """Unlearn `triggers` from `handle` with the configured defense and repair, write the result in the
     delivered model's format under --output-dir, and load it back. `measured_trigger` is what the
@@ -80,9 +80,10 @@ def repair_and_reload(config: AuditConfig, handle: ModelHandle, split: Split, tr
     targets += ["all-to-all"] if any(t.target is None for t in triggers) else []
     progress(f"defense {entry.name}: unlearning the triggers for target(s) {', '.join(targets)} ({len(triggers)} known or recovered)")
     done = unlearn(handle, split.fit, triggers, entry.name, cfg.defense_params, cfg.repair, cfg.repair_params, cfg.seed, progress)
-    edit_metrics = evaluation.measure(done.edited, measured_trigger)
-    record.after_edit = {k: edit_metrics[k] for k in ("c_acc", "per_class_acc", "asr", "asr_no_trigger", "asr_trigger_flips")
-                         if k in edit_metrics}
+    if evaluation is not None:  # none without real data: nothing to measure the edit on
+        edit_metrics = evaluation.measure(done.edited, measured_trigger)
+        record.after_edit = {k: edit_metrics[k] for k in ("c_acc", "per_class_acc", "asr", "asr_no_trigger", "asr_trigger_flips")
+                             if k in edit_metrics}
     record.samples_used, record.stats, record.repair = done.outcome.samples_used, done.outcome.stats, done.repair_stats
     record.seconds = done.seconds
     info = handle.info

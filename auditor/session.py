@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import AuditConfig
 from .errors import AuditorInputError
 from .defense_stage import DefenseRecord
@@ -76,10 +78,11 @@ class AuditSession:
         cfg = self.config
         t = time.perf_counter()
         raw = None
-        try:
-            raw = load_data(cfg.data)
-        except AuditorInputError as exc:
-            self.errors["data"] = str(exc)
+        if not self.data_free:
+            try:
+                raw = load_data(cfg.data)
+            except AuditorInputError as exc:
+                self.errors["data"] = str(exc)
         # the user's own images say the input size a weights-only file does not; the bundled default set does not
         data_shape = tuple(raw.x.shape[1:]) if raw is not None and cfg.data != AuditConfig.data and len(raw) else None
         try:
@@ -100,6 +103,8 @@ class AuditSession:
                 self.reference = self._load_reference(cfg.reference_model)
             except AuditorInputError as exc:
                 self.errors["reference_model"] = str(exc)
+        if self.data_free:
+            self._synthesize()
         try:
             if raw is not None:
                 data = conform(raw, c, h, w, self.handle.num_classes)
@@ -116,6 +121,30 @@ class AuditSession:
                 self.known_trigger = trigger
             except AuditorInputError as exc:
                 self.errors["trigger"] = str(exc)
+
+    @property
+    def data_free(self) -> bool:
+        from .config import NO_DATA
+
+        return self.config.data == NO_DATA
+
+    def _synthesize(self) -> None:
+        """--data none: inputs inverted from the model stand in where a scan or a comparison needs images."""
+        from .synthesis import SynthesisParams, synthesized_split
+
+        t = time.perf_counter()
+        params = SynthesisParams(per_class=2 * self.config.clean_samples)
+        self.progress(f"--data none: synthesizing {params.per_class} inputs per class from the model")
+        self.split = synthesized_split(self.handle, params, self.config.seed, self.progress)
+        self.evaluation = Evaluation(self.split)
+        self.timings["synthesis"] = time.perf_counter() - t
+        if not len(self.split.fit):
+            self.errors["data"] = "--data none: no synthesized input was predicted as its class: nothing to scan"
+
+    def agreement(self, stage: str) -> float:
+        """Share of the synthesized inputs on which the stage's model predicts what the delivered one does."""
+        x = torch.cat([self.split.fit.x, self.split.eval.x])
+        return float((self.model(stage).predict(x) == self.handle.predict(x)).float().mean())
 
     def _load_reference(self, path: Path):
         """The clean reference model: loaded fail-closed like the audited one (its own sidecar; the
@@ -283,7 +312,8 @@ class AuditSession:
 
         self.require("model", "data")
         triggers = triggers_to_unlearn(self.known_trigger, self._scans.get("before"), self.handle.input_shape, self.thresholds)
-        repaired = repair_and_reload(self.config, self.handle, self.split, triggers, self.evaluation, self.reference_trigger(),
+        repaired = repair_and_reload(self.config, self.handle, self.split, triggers,
+                                     None if self.data_free else self.evaluation, self.reference_trigger(),
                                      self._request(self.config.model), self.progress)
         self.defense = repaired.record
         self.timings["defense"] = repaired.record.seconds

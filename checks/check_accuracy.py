@@ -54,3 +54,18 @@ def check_class_accuracy_kept(stage, metrics, audit_session, audit_config, recor
         + f" of accuracy, over the allowed {100 * audit_config.max_class_drop:g} points per class"
         + f" (from >= {min(metrics['eval_per_class'][c] for c in over)} held-out images each)"
     )
+
+
+def check_agreement_on_synthesized_inputs(stage, model, audit_session, audit_config, record_property):
+    """--data none: the repaired model decides as the delivered one on the inputs synthesized from it
+    (the only stand-in for clean accuracy there is without data)."""
+    if not audit_session.data_free:
+        pytest.skip("runs with --data none (with data, clean accuracy is measured instead)")
+    if stage == "before":
+        pytest.skip("compares the repaired model with the delivered one")
+    agreement = audit_session.agreement(stage)
+    record_property("agreement", round(agreement, 4))
+    assert 1 - agreement <= audit_config.max_accuracy_drop, (
+        f"the repaired model decides differently from the delivered one on {1 - agreement:.1%} of the inputs "
+        f"synthesized from it, over the allowed {audit_config.max_accuracy_drop:.0%} (--max-accuracy-drop)"
+    )

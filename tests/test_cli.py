@@ -24,7 +24,7 @@ OUTCOMES = {"passed", "failed", "error", "skipped"}
 BUILTIN_CHECKS = {"check_serialization_safety", "check_finite_logits", "check_class_count", "check_batch_size_invariance",
                   "check_backend_agreement", "check_clean_accuracy", "check_accuracy_kept", "check_class_accuracy_kept",
                   "check_trigger_scan",
-                  "check_known_trigger_asr"}
+                  "check_known_trigger_asr", "check_agreement_on_synthesized_inputs"}
 
 
 def _checks(data, stage=None, name=None):

@@ -48,7 +48,7 @@ from .base import DefenseOutcome
 
 @dataclass(frozen=True)
 class DHBEParams:
-    iterations: int = 300
+    iterations: int = 400
     seconds: float = 0.0  # a time budget; 0: none (the iteration count alone)
     batch_size: int = 128
     student_steps: int = 5  # student updates per generator update

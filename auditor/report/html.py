@@ -71,11 +71,18 @@ def _verdict(result: dict) -> str:
     if defense.get("applied"):
         after_failed = [c for c in result["checks"] if c["stage"] == "after" and c["outcome"] in ("failed", "error")]
         outputs = ", ".join(escape(p) for p in defense.get("outputs", {}).values())
-        state = "every check passed on it" if not after_failed else f"{len(after_failed)} check(s) still fail on it"
+        skipped = sum(c["stage"] == "after" and c["outcome"] == "skipped" for c in result["checks"])
+        state = (f"every check that ran passed on it ({skipped} skipped)" if skipped else "every check passed on it") \
+            if not after_failed else f"{len(after_failed)} check(s) still fail on it"
         reasons.append(f"Defense <b>{escape(defense['name'])}</b>{' + repair' if defense.get('repair') is not None else ''} "
                        f"was applied; the repaired model ({outputs}) was re-audited: {state}.")
     elif defense.get("reason"):
         reasons.append(escape(defense["reason"]))
+    if result["config"].get("data") == "none":
+        data = result.get("data") or {}
+        reasons.append(f"No data (--data none): accuracy and ASR were not measured; the scans ran on "
+                       f"{data.get('fit_samples', 0)} inputs synthesized from the model itself. A data-free verdict is weaker: "
+                       "a repaired model can pass its after-stage scan with most of the backdoor left (docs/limits.md).")
     items = "".join(f"<li>{r}</li>" for r in reasons)
     return (f'<div class="verdict v-{verdict}">{headline}<small>exit code {code} · gate: {result["gate"]} stage · '
             f'model {escape(result["model"]["path"])}</small></div><ul class="reasons">{items}</ul>')
