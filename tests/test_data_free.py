@@ -32,6 +32,16 @@ def test_split_alternates_each_class(load):
         assert abs(int((split.fit.y == c).sum()) - int((split.eval.y == c).sum())) <= 1
 
 
+def test_no_data_chooses_what_runs_without_data():
+    from pathlib import Path
+
+    from auditor.config import build_config
+
+    config = build_config({"model": Path("m.pt"), "data": "none"}, None)
+    assert (config.data, config.defense, config.repair, config.scan) == ("none", "dhbe", False, "neural-cleanse")
+    assert build_config({"model": Path("m.pt"), "data": "none", "scan": "generative"}, None).scan == "generative"
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--defense", "activation-edit"], "--data none: --defense activation-edit needs clean samples"),
     (["--repair"], "--data none: the repair step needs clean samples"),
@@ -45,11 +55,12 @@ def test_defenses_that_need_data_are_refused(tmp_path, extra, message):
 @pytest.mark.slow
 def test_backdoored_fixture_audited_without_data(tmp_path):
     before = file_state(BADNETS_PT)
-    run = run_auditor(tmp_path, BADNETS_PT, "--data", "none", "--clean-samples", "5", "--scan", "neural-cleanse",
+    run = run_auditor(tmp_path, BADNETS_PT, "--data", "none", "--clean-samples", "5",
                       "--defense-param", "iterations=2", "--defense-param", "batch_size=16")
     data = run.data
     assert run.returncode == 1, run.stderr
     assert data["data"]["source"].startswith("synthesized") and data["config"]["defense"] == "dhbe"
+    assert data["config"]["scan"] == "neural-cleanse"
     checks = {(c["stage"], c["name"]): c for c in data["checks"]}
     assert checks[("before", "check_trigger_scan")]["outcome"] == "failed"
     assert "class 7" in checks[("before", "check_trigger_scan")]["message"]
