@@ -64,3 +64,12 @@ def test_cli_reports_a_data_free_defense(tmp_path):
     assert defense["stats"]["iterations"] == 2
     html = run.html_path.read_text()
     assert "0 clean samples for the defense" in html and "2 iterations on 64 generated images" in html
+
+
+def test_a_time_budget_cuts_the_iterations(load):
+    """seconds=S: after three iterations the run is sized to what the time allows (here: one more)."""
+    handle = load(BADNETS_PT)
+    nothing = ImageSet(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), "none")
+    out = DEFENSES.get("dhbe").factory(handle, nothing, [], {"iterations": 50, "seconds": 1e-3, "batch_size": 8,
+                                                             "student_steps": 1}, 0)
+    assert out.stats["iterations"] == 4
