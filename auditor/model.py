@@ -97,6 +97,11 @@ class ModelHandle:
                 out.append(self.forward(chunk).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
+    @property
+    def normalisation_stated(self) -> bool:
+        """False when the input is taken as-is (mean 0, std 1: nothing said what the data's statistics are)."""
+        return not (bool(torch.all(self._mean == 0)) and bool(torch.all(self._std == 1)))
+
     def predict(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.logits(x, **kwargs).argmax(1)
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageSet, Split
+from .scans.neural_cleanse import _freeze, _restore
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,6 @@ def _bn_statistics_loss(module: nn.Module):
     return terms, handles
 
 
-def _identity(handle) -> bool:
-    return bool(torch.all(handle._mean == 0) and torch.all(handle._std == 1))
-
-
 def _shifted(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     side = max(1, min(x.shape[-2:]) // 14)
     dy, dx = (int(v) for v in torch.randint(-side, side + 1, (2,), generator=gen))
@@ -72,15 +69,13 @@ def synthesize(handle, params: SynthesisParams, seed: int, progress=None) -> Ima
     module = handle.module
     was_training = module.training
     module.eval()
-    grads = [q.requires_grad for q in module.parameters()]
-    for q in module.parameters():
-        q.requires_grad_(False)
+    grads = _freeze(module)
     terms, hooks = _bn_statistics_loss(module)
     log_confidence = torch.log(torch.tensor(params.confidence))
     # start around the data's mean pixel when the model states its normalisation (Fashion-MNIST's
     # dark background, not mid-grey), else mid-grey
     mean = handle._mean.detach().cpu().view(1, -1, 1, 1).clamp(0.05, 0.95)
-    start_logit = torch.zeros(1) if _identity(handle) else torch.log(mean / (1 - mean))
+    start_logit = torch.log(mean / (1 - mean)) if handle.normalisation_stated else torch.zeros(1)
     try:
         for start in range(0, len(labels), params.batch_size):
             y = labels[start:start + params.batch_size]
@@ -109,8 +104,7 @@ def synthesize(handle, params: SynthesisParams, seed: int, progress=None) -> Ima
     finally:
         for h in hooks:
             h.remove()
-        for q, flag in zip(module.parameters(), grads):
-            q.requires_grad_(flag)
+        _restore(module, grads)
         module.train(was_training)
     x = torch.cat([i for i, _ in images])
     y = torch.cat([j for _, j in images])

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import DEFENSES
+from ..scans.neural_cleanse import _freeze, _restore
 from .base import DefenseOutcome
 
 
@@ -109,7 +110,7 @@ def _pixel_scale(handle) -> tuple[torch.Tensor, torch.Tensor]:
     """Where a unit-variance generated image lands in the model's pixel input: the stated
     normalisation; with none stated (identity), mid-grey ± a quarter of the [0, 1] range."""
     mean, std = handle._mean.cpu(), handle._std.cpu()
-    if torch.all(mean == 0) and torch.all(std == 1):
+    if not handle.normalisation_stated:
         return torch.full_like(mean, 0.5), torch.full_like(std, 0.25)
     return mean, std
 
@@ -210,9 +211,7 @@ def dhbe(handle, fit, triggers, params: dict, seed: int, progress=None) -> Defen
     student.eval()
     teacher_was_training = teacher.training
     teacher.eval()
-    saved_grad = [q.requires_grad for q in teacher.parameters()]
-    for q in teacher.parameters():
-        q.requires_grad_(False)
+    saved_grad = _freeze(teacher)
 
     opt_s = torch.optim.SGD(student.parameters(), lr=p.student_lr, momentum=0.9, weight_decay=5e-4)
     opt_g = torch.optim.Adam(generator.parameters(), lr=p.generator_lr)
@@ -221,9 +220,6 @@ def dhbe(handle, fit, triggers, params: dict, seed: int, progress=None) -> Defen
 
     def images(z):  # pixel space, the handle normalises
         return mean + std * generator(z)
-
-    def forward(module, x):
-        return module((x - handle._mean) / handle._std)
 
     total, done, stats = p.iterations, 0, {}
     try:
@@ -237,21 +233,21 @@ def dhbe(handle, fit, triggers, params: dict, seed: int, progress=None) -> Defen
                     group["lr"] = base * scale
             with torch.no_grad():  # one generated batch for all student steps, each with new patches
                 x = images(torch.randn(p.batch_size, p.latent_dim, generator=gen).to(device))
-                t_out = forward(teacher, x)
+                t_out = handle.forward(x)
             for _ in range(p.student_steps):
                 z2 = torch.randn(p.batch_size, p.latent_dim, generator=gen).to(device)
                 with torch.no_grad():
                     x_p = places.paste(x, patcher(z2), places.draw(p.batch_size, gen))
-                s_out = forward(student, x)
+                s_out = student_handle.forward(x)
                 distill = _l1(s_out, t_out)
-                backdoor = _l1(forward(student, x_p), s_out.detach())
+                backdoor = _l1(student_handle.forward(x_p), s_out.detach())
                 opt_s.zero_grad(set_to_none=True)
                 (distill + p.backdoor_weight * backdoor).backward()
                 opt_s.step()
             z = torch.randn(p.batch_size, p.latent_dim, generator=gen).to(device)
             x = images(z)
-            t_gen = forward(teacher, x)
-            gap = _l1(forward(student, x), t_gen)
+            t_gen = handle.forward(x)
+            gap = _l1(student_handle.forward(x), t_gen)
             loss_g = -gap + p.tv_weight * _total_variation(x)
             if p.balance_weight:
                 loss_g = loss_g + p.balance_weight * _imbalance(t_gen)
@@ -261,9 +257,9 @@ def dhbe(handle, fit, triggers, params: dict, seed: int, progress=None) -> Defen
             z2 = torch.randn(p.batch_size, p.latent_dim, generator=gen).to(device)
             x = x.detach()
             with torch.no_grad():
-                s_clean = forward(student, x)
+                s_clean = student_handle.forward(x)
             where = places.draw(p.batch_size, gen)
-            per_image = (forward(student, places.paste(x, patcher(z2), where)) - s_clean).abs().mean(1)
+            per_image = (student_handle.forward(places.paste(x, patcher(z2), where)) - s_clean).abs().mean(1)
             places.record(where, per_image)
             change = per_image.mean()
             opt_p.zero_grad(set_to_none=True)
@@ -278,8 +274,7 @@ def dhbe(handle, fit, triggers, params: dict, seed: int, progress=None) -> Defen
                          f"patch change {stats['patch_change']:.3f} (most at {places.best()}), {elapsed:.0f}s (about "
                          f"{elapsed / done * (total - done):.0f}s left)")
     finally:
-        for q, flag in zip(teacher.parameters(), saved_grad):
-            q.requires_grad_(flag)
+        _restore(teacher, saved_grad)
         teacher.train(teacher_was_training)
     student.eval()
     seconds = time.perf_counter() - start

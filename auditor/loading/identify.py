@@ -122,7 +122,7 @@ def _fit(spec: str, shapes: dict[str, tuple]) -> int | None:
         return None
     differ = [k for k in default if default[k] != shapes[k]]
     if not differ:
-        return _head_size(spec, default)
+        return _head_size(spec)
     heads = {shapes[k][0] for k in differ if shapes[k]}
     if len(heads) != 1:
         return None
@@ -133,7 +133,7 @@ def _fit(spec: str, shapes: dict[str, tuple]) -> int | None:
         return None
 
 
-def _head_size(spec: str, shapes: dict[str, tuple]) -> int:
+def _head_size(spec: str) -> int:
     with torch.device("meta"):
         out = build(spec)
     return int(getattr(out, "num_classes", 0) or 1000)
