@@ -184,6 +184,70 @@ def print_summary(result: dict, config) -> None:
     click.echo(f"verdict: {result['verdict'].upper()} (exit {result['exit_code']})")
 
 
+@cli.command()
+@click.argument("data")
+@click.option("--arch", required=True, help="Architecture to train: a torchvision name (resnet18), timm:NAME, or package.module:callable (auditor.zoo:small_cnn).")
+@click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE", help="Keyword argument for --arch (repeatable); num_classes (and in_channels/image_size when the callable takes them) come from the data unless given.")
+@click.option("--input-size", help="Train at C,H,W (images are resized; default: the data's own size).")
+@click.option("--mean", help="Per-channel normalisation mean (default: measured on the training share).")
+@click.option("--std", help="Per-channel normalisation std (default: measured on the training share).")
+@click.option("--epochs", type=click.IntRange(1), default=6, show_default=True, help="Epochs in all (DLP's supervised stage plus its semi-supervised stage).")
+@click.option("--dlp-param", "dlp_params", multiple=True, metavar="KEY=VALUE", help="Override a DLP parameter (repeatable; see docs/methods.md).")
+@click.option("--validation-share", type=float, default=0.1, show_default=True, help="Share of each class held out to measure the trained model.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initialisation and every random draw.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--name", help="Stem of the files written.  [default: <data name>.dlp]")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True, help="Where the trained model, its sidecar, ONNX export and reports go.")
+@click.option("--html", type=path_in, help="HTML report path.  [default: <output-dir>/<name>.train.html]")
+@click.option("--json", "json_path", type=path_in, help="Write the JSON result here.")
+@click.option("--junitxml", type=path_in, help="Write the trained model's audit as JUnit XML here.")
+@click.option("--scan", help="Trigger-recovery scan of the trained model's audit.  [default: as for auditor scan]")
+@click.option("--scan-param", "scan_params", multiple=True, metavar="KEY=VALUE", help="Override a scan parameter of that audit (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+def train(data, arch, arch_args, input_size, mean, std, epochs, dlp_params, validation_share, seed, device, name, output_dir,
+          html, json_path, junitxml, scan, scan_params, quiet):
+    """Train a model with DLP on DATA, an untrusted labelled data set (a folder of class folders or an
+    .npz with x, y), name the samples it finds planted, and audit the result.
+
+    \b
+    Exit codes: 0 the trained model passed its audit, 1 a check failed on it,
+    2 usage/input error (nothing is written then) or a check that could not run.
+    """
+    from .training import TrainConfig, run_training, with_train_outputs
+
+    try:
+        config = with_train_outputs(TrainConfig(
+            data=data, arch=arch, arch_kwargs=_key_values(arch_args, "--arch-arg") or {}, input_shape=_input_size(input_size),
+            mean=_floats(mean, "--mean"), std=_floats(std, "--std"), epochs=epochs, dlp_params=_key_values(dlp_params, "--dlp-param") or {},
+            validation_share=validation_share, seed=seed, device=device, name=name, output_dir=output_dir, html=html,
+            json=json_path, junitxml=junitxml, scan=scan, scan_params=_key_values(scan_params, "--scan-param") or {}, quiet=quiet,
+        ))
+        code, summary = run_training(config)
+    except AuditorInputError as exc:
+        click.echo(f"auditor: error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a crash must still give exit 2 and one readable line
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        click.echo(f"auditor: internal error: {type(exc).__name__}: {exc} (set AUDITOR_DEBUG=1 for a traceback)", err=True)
+        sys.exit(2)
+    s = summary["suspects"]
+    click.echo(f"  suspects (labels dropped): {s['count']} of {summary['dataset']['training_samples']} training samples; named as planted: {s['named']}")
+    iso = summary.get("isolation")
+    if iso:
+        for key in ("named", "suspects"):
+            r = iso[key]
+            click.echo(f"  {key} vs the data's poison flags: precision {r['precision'] if r['precision'] is not None else 'n/a'}, recall {r['recall'] if r['recall'] is not None else 'n/a'}")
+    click.echo(f"  validation accuracy: {summary['validation']['accuracy']:.2%} ({summary['validation']['note']})")
+    for check in summary["audit"]["checks"]:
+        if check["outcome"] not in ("passed", "skipped"):
+            click.echo(f"  {check['outcome'].upper():7} [{check['stage']}] {check['name']}: {check['message']}")
+    for kind, path in summary["outputs"].items():
+        click.echo(f"  {kind}: {path}")
+    click.echo(f"verdict: {summary['verdict'].upper()} (exit {code})")
+    sys.exit(code)
+
+
 @cli.command(name="list")
 def list_command():
     """List the registered scans, defenses and built-in checks with their parameters."""

@@ -28,12 +28,15 @@ class ImageSet:
     x: torch.Tensor  # N x C x H x W, float32 in [0, 1]
     y: torch.Tensor  # N, int64
     source: str
+    paths: tuple[str, ...] | None = None  # one file per image, for a folder data set
+    class_names: tuple[str, ...] | None = None  # the class folders' names, for a folder data set
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.x[index], self.y[index], self.source)
+        paths = None if self.paths is None else tuple(self.paths[i] for i in index.tolist())
+        return ImageSet(self.x[index], self.y[index], self.source, paths, self.class_names)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def load_image_folder(root: Path) -> ImageSet:
         raise AuditorInputError(f"{exc.filename or root}: cannot list the data folder: {exc.strerror or exc}") from None
     if not classes:
         raise AuditorInputError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
-    images, labels, size = [], [], None
+    images, labels, paths, size = [], [], [], None
     for label, folder_files in files:
         for file in folder_files:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
@@ -120,11 +123,13 @@ def load_image_folder(root: Path) -> ImageSet:
                 raise AuditorInputError(f"{file}: image size {arr.shape} differs from the first image's {size}; resize the data set to one size")
             images.append(arr)
             labels.append(label)
+            paths.append(str(file))
             if len(images) > MAX_SAMPLES:
                 raise AuditorInputError(f"{root}: more than {MAX_SAMPLES} images; pass a subset")
     if not images:
         raise AuditorInputError(f"{root}: class folders contain no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ImageSet(_to_nchw(np.stack(images), str(root)), torch.tensor(labels), str(root))
+    return ImageSet(_to_nchw(np.stack(images), str(root)), torch.tensor(labels), str(root), tuple(paths),
+                    tuple(folder.name for folder in classes))
 
 
 def load_data(spec: str) -> ImageSet:
@@ -166,7 +171,7 @@ def conform(data: ImageSet, channels: int, height: int, width: int, num_classes:
             raise AuditorInputError(f"{data.source}: images have {x.shape[1]} channels, the model takes {channels}")
     if tuple(x.shape[2:]) != (height, width):
         x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
-    return ImageSet(x.contiguous(), data.y, data.source)
+    return ImageSet(x.contiguous(), data.y, data.source, data.paths, data.class_names)
 
 
 def split(data: ImageSet, per_class: int, seed: int, num_classes: int) -> Split:
