@@ -4,10 +4,10 @@ and name the samples that were planted. Three stages (../shared/seeds/METHODS.md
 1. Supervised learning on everything, recording every sample's loss at fixed points (the trajectory).
    Planted samples are learned differently from clean ones: dirty-label samples start with a high loss
    (their content says another class) and then fall below almost every clean sample once the
-   trigger is learned. The isolation score is that fall, `log loss(end) - log loss(early peak)`,
-   centred per label; suspects are the samples whose score is a robust outlier on the low side
-   (below median - `isolation_z` x MAD-sigma of all scores). The share isolated is therefore set by
-   the data, not fixed: a clean set yields few suspects, a poisoned one as many as stand out.
+   trigger is learned. The isolation score is that fall, `log loss(end) - log loss(early peak)`, as a
+   robust z-score against all samples and against the sample's own label (the lower of the two);
+   suspects are those below -`isolation_z`. The share isolated is therefore set by the data, not
+   fixed: a clean set yields few suspects, a poisoned one as many as stand out.
 2. Active unlearning: gradient ascent on the suspects, descent on the samples learned most slowly
    (the least likely planted), until the model no longer fits the suspects' labels. Once the
    trigger is unlearned, planted samples the first isolation missed contradict the model too: their
@@ -64,7 +64,7 @@ class DLPResult:
     model: nn.Module
     suspects: torch.Tensor  # indices into the training set, after both isolations
     named: torch.Tensor  # suspects whose given label the final model confidently rejects: the planted samples named
-    scores: torch.Tensor  # stage-1 isolation score per sample (lower = learned suspiciously fast)
+    scores: torch.Tensor  # stage-1 isolation score per sample, robust z (below -isolation_z: suspect)
     trajectory: torch.Tensor  # K x N losses recorded in stage 1
     recorded_at: list[float]  # epochs at which each row of the trajectory was recorded
     stats: dict = field(default_factory=dict)
@@ -121,18 +121,43 @@ def strong_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.masked_fill(cut.unsqueeze(1).to(dev), 0.5)
 
 
-def isolation_scores(trajectory: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per sample: log loss at the end minus its highest log loss in the first half of stage 1,
-    centred on the median of its label (an easy class must not look suspicious as a whole)."""
+def isolation_scores(trajectory: torch.Tensor, labels: torch.Tensor, num_classes: int, cut: float = 3.0) -> torch.Tensor:
+    """Per sample, in robust standard deviations (negative = learned suspiciously fast): the lower of two
+    z-scores of the fall `log loss(end) - max log loss(first half of stage 1)`.
+
+    - against all samples: catches planted samples wherever they sit, including a label made mostly of
+      them (BadNets at 20%: the target label's own median is a planted sample);
+    - against its own label, centred on the median of that label's samples the first z did not already
+      single out (`cut`): an easy class as a whole is not suspect, while a few planted samples hidden
+      in a hard label stand out against their label even when they do not against everything."""
     logs = trajectory.clamp_min(1e-8).log()
     early = logs[: max(1, len(logs) // 2)].max(0).values
-    score = logs[-1] - early
-    centred = score.clone()
+    fall = logs[-1] - early
+    overall = _robust_z(fall)
+    unremarkable = overall >= -cut
+    centred = fall.clone()
     for c in range(num_classes):
         sel = labels == c
-        if sel.any():
-            centred[sel] = score[sel] - score[sel].median()
-    return centred
+        if not sel.any():
+            continue
+        ref = sel & unremarkable
+        centred[sel] = fall[sel] - fall[ref if ref.sum() >= max(1, int(sel.sum()) // 10) else sel].median()
+    return torch.minimum(overall, _robust_z(centred))
+
+
+def _label_z(values: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Robust z of each value against the `reference` samples of its own label. Unlearning a target
+    label's planted samples raises the loss of that label's clean samples too; measured against all
+    samples that collateral rise looked like an outlier and took a whole class's labels away (BadNets
+    5%: a class at 0.2% accuracy). Against its own label only a planted sample stands out."""
+    z = torch.zeros_like(values)
+    for c in range(num_classes):
+        sel = labels == c
+        ref = values[sel & reference]
+        if len(ref) >= 2:
+            centre = ref.median()
+            z[sel] = (values[sel] - centre) / max(float((ref - centre).abs().median()) * 1.4826, 1e-6)
+    return z
 
 
 def _unlearn(model, forward, x, y, bad, trusted, num_classes, params: DLPParams, gen) -> tuple[int, float]:
@@ -189,10 +214,9 @@ def train_dlp(model: nn.Module, data: ImageSet, num_classes: int, forward, param
                 recorded_at.append(round(step / steps_per_epoch, 3))
         say(f"dlp stage 1 (supervised) epoch {epoch + 1}/{params.supervised_epochs}: loss {loss.item():.3f}")
     trajectory = torch.stack(trajectory)
-    scores = isolation_scores(trajectory, y, num_classes)
-    first = _robust_z(scores) < -params.isolation_z
-    mad = float((scores - scores.median()).abs().median() * 1.4826)
-    stats["isolation_threshold"] = round(float(scores.median()) - params.isolation_z * max(mad, 1e-6), 4)
+    scores = isolation_scores(trajectory, y, num_classes, params.isolation_z)
+    first = scores < -params.isolation_z
+    stats["isolation_threshold"] = -params.isolation_z
     stats["stage1_seconds"] = round(time.time() - start, 1)
     stats["isolated_stage1"] = int(first.sum())
     say(f"dlp isolation: {int(first.sum())} of {n} samples learned suspiciously fast (robust z < -{params.isolation_z})")
@@ -208,10 +232,8 @@ def train_dlp(model: nn.Module, data: ImageSet, num_classes: int, forward, param
         steps, fit = _unlearn(model, forward, x, y, suspects.nonzero().flatten(), trusted, num_classes, params, gen)
         probs = _probabilities(model, forward, x)
         rise = F.nll_loss(probs.clamp_min(1e-8).log(), y, reduction="none").log() - before
-        # a clean sample near the unlearned ones may lose its label too, but rarely to one other class
-        # with confidence; a planted sample's content is a real class the model still knows
         contradicted = (probs.max(1).values >= params.contradiction_confidence) & (probs.argmax(1) != y)
-        new = (_robust_z(rise) > params.rise_z) & contradicted & ~suspects
+        new = (_label_z(rise, y, ~suspects, num_classes) > params.rise_z) & contradicted & ~suspects
         suspects |= new
         stats["unlearn_rounds"].append({"steps": steps, "suspects_fit": round(fit, 4), "added": int(new.sum())})
         say(f"dlp unlearning round {round_ + 1}: {steps} steps, the suspects' labels now fit {fit:.0%}; "

@@ -34,7 +34,7 @@ def poisoned_npz(path, rate=0.1, target=7, seed=0, n=None):
 
 
 def test_isolation_scores_single_out_samples_that_were_learned_suddenly():
-    from auditor.dlp import _robust_z, isolation_scores
+    from auditor.dlp import isolation_scores
 
     gen = torch.Generator().manual_seed(0)
     n = 1000
@@ -46,7 +46,23 @@ def test_isolation_scores_single_out_samples_that_were_learned_suddenly():
     labels = torch.randint(10, (n,), generator=gen)
     labels[planted] = 3
     scores = isolation_scores(traj, labels, 10)
-    suspects = (_robust_z(scores) < -3).nonzero().flatten()
+    suspects = (scores < -3).nonzero().flatten()
+    assert set(suspects.tolist()) == set(planted.tolist())
+
+
+def test_isolation_finds_a_label_made_mostly_of_planted_samples():
+    """At a high poisoning rate the target label's median is itself planted: centring on the label alone
+    would hide them; the score against all samples must not."""
+    from auditor.dlp import isolation_scores
+
+    gen = torch.Generator().manual_seed(1)
+    n = 2000
+    traj = torch.linspace(1.0, 0.3, 6).unsqueeze(1) * (0.5 + torch.rand(1, n, generator=gen))
+    labels = torch.arange(n) % 10
+    planted = torch.nonzero(labels != 3).flatten()[:300]  # 300 planted + 200 clean in label 3
+    traj[:, planted] = torch.tensor([2.0, 1.5, 0.01, 1e-3, 1e-4, 1e-5]).unsqueeze(1)
+    labels[planted] = 3
+    suspects = (isolation_scores(traj, labels, 10) < -3).nonzero().flatten()
     assert set(suspects.tolist()) == set(planted.tolist())
 
 

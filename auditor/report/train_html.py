@@ -98,7 +98,7 @@ def _histogram(scores: torch.Tensor, suspect_mask: torch.Tensor, threshold: floa
     parts.append(f'<line x1="{left}" y1="{h - bottom}" x2="{w - 10}" y2="{h - bottom}" stroke="#444"/>')
     for k in range(0, bins + 1, 15):
         parts.append(f'<text x="{left + k * bw:.1f}" y="{h - bottom + 14}" text-anchor="middle">{float(edges[k]):.1f}</text>')
-    parts.append(f'<text x="{(w + left) / 2}" y="{h - 2}" text-anchor="middle">isolation score (log-loss fall, centred per label; log-scale counts)</text>'
+    parts.append(f'<text x="{(w + left) / 2}" y="{h - 2}" text-anchor="middle">isolation score (robust z of the log-loss fall; log-scale counts)</text>'
                  f'<rect x="{left}" y="{h + 12}" width="14" height="10" fill="#c0392b"/><text x="{left + 20}" y="{h + 21}">samples whose labels stage 3 dropped</text>'
                  f'<rect x="{left + 280}" y="{h + 12}" width="14" height="10" fill="#7f8c8d"/><text x="{left + 300}" y="{h + 21}">the rest</text></svg>')
     return "".join(parts)
@@ -175,10 +175,10 @@ def write_train_report(path: Path, summary: dict, data, result, suspects, train_
 
     lines.append("<h2>How they were separated</h2><p>Stage 1 trains on everything and records every sample's loss "
                  f"{len(result.recorded_at)} times. A sample's isolation score is how far its loss fell from its early peak, "
-                 "centred on its label's median; scores below the median by more than "
-                 f"{summary['dlp']['params']['isolation_z']} robust standard deviations are suspects "
+                 "in robust standard deviations (the lower of its z-score against all samples and against its own label); "
+                 f"scores below -{summary['dlp']['params']['isolation_z']} are suspects "
                  f"({sus['isolated_by_learning_speed']}). Unlearning them made {sus['isolated_by_loss_rise']} more samples contradict "
-                 "the model with confidence (their loss rose by a robust outlier); those joined the suspects.</p>")
+                 "the model (their loss rose by a robust outlier and the model now gives them another class); those joined the suspects.</p>")
     local = torch.searchsorted(train_idx, suspects) if len(suspects) else torch.zeros(0, dtype=torch.long)
     lines.append(_trajectory_chart(summary, result, local, poison_local))
     mask = torch.zeros(result.scores.shape[0], dtype=torch.bool)
