@@ -6,6 +6,7 @@ that could not run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -69,6 +70,21 @@ path_in = click.Path(exists=False, dir_okay=False, path_type=Path)
 model_in = click.Path(exists=False, dir_okay=True, path_type=Path)  # a file, or a hub folder
 
 
+@contextlib.contextmanager
+def errors_exit_2():
+    """Input errors and crashes end a command with one line on stderr and exit 2."""
+    try:
+        yield
+    except AuditorInputError as exc:
+        click.echo(f"auditor: error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a crash must still give exit 2 and one readable line
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        click.echo(f"auditor: internal error: {type(exc).__name__}: {exc} (set AUDITOR_DEBUG=1 for a traceback)", err=True)
+        sys.exit(2)
+
+
 @cli.command()
 @click.argument("model", type=model_in)
 @click.option("--data", help="Clean labelled samples: a folder of class folders, an .npz with x and y, or a bundled set name.  [default: fashion-mnist]")
@@ -129,7 +145,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
         checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml,
         max_file_bytes=max_file_bytes, device=device, quiet=quiet,
     )
-    try:
+    with errors_exit_2():
         if config_file is None and Path("auditor.toml").is_file():
             config_file = Path("auditor.toml")
         config = with_outputs(build_config(cli_values, config_file))
@@ -137,14 +153,6 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
 
         validate_names(config)
         code, result = run_audit(config)
-    except AuditorInputError as exc:
-        click.echo(f"auditor: error: {exc}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # a crash must still give exit 2 and one readable line
-        if os.environ.get("AUDITOR_DEBUG"):
-            raise
-        click.echo(f"auditor: internal error: {type(exc).__name__}: {exc} (set AUDITOR_DEBUG=1 for a traceback)", err=True)
-        sys.exit(2)
     print_summary(result, config)
     sys.exit(code)
 
@@ -215,7 +223,7 @@ def train(data, arch, arch_args, input_size, mean, std, epochs, dlp_params, vali
     """
     from .training import TrainConfig, run_training, with_train_outputs
 
-    try:
+    with errors_exit_2():
         config = with_train_outputs(TrainConfig(
             data=data, arch=arch, arch_kwargs=_key_values(arch_args, "--arch-arg") or {}, input_shape=_input_size(input_size),
             mean=_floats(mean, "--mean"), std=_floats(std, "--std"), epochs=epochs, dlp_params=_key_values(dlp_params, "--dlp-param") or {},
@@ -223,14 +231,6 @@ def train(data, arch, arch_args, input_size, mean, std, epochs, dlp_params, vali
             json=json_path, junitxml=junitxml, scan=scan, scan_params=_key_values(scan_params, "--scan-param") or {}, quiet=quiet,
         ))
         code, summary = run_training(config)
-    except AuditorInputError as exc:
-        click.echo(f"auditor: error: {exc}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # a crash must still give exit 2 and one readable line
-        if os.environ.get("AUDITOR_DEBUG"):
-            raise
-        click.echo(f"auditor: internal error: {type(exc).__name__}: {exc} (set AUDITOR_DEBUG=1 for a traceback)", err=True)
-        sys.exit(2)
     s = summary["suspects"]
     click.echo(f"  suspects (labels dropped): {s['count']} of {summary['dataset']['training_samples']} training samples; named as planted: {s['named']}")
     iso = summary.get("isolation")
