@@ -70,9 +70,11 @@ class DLPResult:
     stats: dict = field(default_factory=dict)
 
 
-def _robust_z(values: torch.Tensor) -> torch.Tensor:
-    med = values.median()
-    mad = (values - med).abs().median() * 1.4826
+def _robust_z(values: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """(values - median) / (1.4826 x MAD), both taken from `reference` (default: the values themselves)."""
+    ref = values if reference is None else reference
+    med = ref.median()
+    mad = (ref - med).abs().median() * 1.4826
     return (values - med) / max(float(mad), 1e-6)
 
 
@@ -153,10 +155,8 @@ def _label_z(values: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor
     z = torch.zeros_like(values)
     for c in range(num_classes):
         sel = labels == c
-        ref = values[sel & reference]
-        if len(ref) >= 2:
-            centre = ref.median()
-            z[sel] = (values[sel] - centre) / max(float((ref - centre).abs().median()) * 1.4826, 1e-6)
+        if int((sel & reference).sum()) >= 2:
+            z[sel] = _robust_z(values[sel], values[sel & reference])
     return z
 
 

@@ -136,6 +136,7 @@ def run_training(config: TrainConfig, progress=None) -> tuple[int, dict]:
     from .model import resolve_device
     from .session import progress_printer
 
+    config = with_train_outputs(config)
     say = progress or progress_printer(config.quiet)
     started = time.time()
     try:
@@ -168,7 +169,7 @@ def run_training(config: TrainConfig, progress=None) -> tuple[int, dict]:
     def forward(x):
         return model((x.to(device) - m) / s)
 
-    name = config.name or f"{Path(str(config.data).rstrip('/')).stem}.dlp"
+    name = config.name
     say(f"training {config.arch} on {len(train)} of {len(data)} samples ({len(val_idx)} held out for validation), "
         f"{num_classes} classes, input {channels}x{height}x{width}, {params.epochs} epochs with DLP")
     result = train_dlp(model, ImageSet(train.x.to(device), train.y.to(device), train.source), num_classes, forward, params,
@@ -180,9 +181,7 @@ def run_training(config: TrainConfig, progress=None) -> tuple[int, dict]:
     suspects = train_idx[result.suspects.cpu()]
     named = train_idx[result.named.cpu()]
     val = data.subset(val_idx)
-    with torch.inference_mode():
-        val_pred = torch.cat([model((val.x[i : i + 1024] - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).argmax(1)
-                              for i in range(0, len(val), 1024)])
+    val_pred = _predict(model, val.x, mean, std)
     summary = _summary(config, data, class_names, num_classes, train_idx, val_idx, val, val_pred, suspects, named,
                        result, poison, channels, height, width, mean, std, params, trained_seconds)
     summary["suspects"]["most_suspicious"] = _most_suspicious(model, data, train_idx, result, mean, std, data.paths)
@@ -203,6 +202,13 @@ def run_training(config: TrainConfig, progress=None) -> tuple[int, dict]:
         summary["outputs"]["json"] = str(config.json)
         write_json(config.json, summary)
     return code, summary
+
+
+@torch.inference_mode()
+def _predict(model, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Predicted classes of the trained model (on the CPU) for pixel-space images."""
+    m, s = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+    return torch.cat([model((x[i : i + batch_size] - m) / s).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 def _summary(config, data, class_names, num_classes, train_idx, val_idx, val, val_pred, suspects, named, result, poison,
@@ -263,8 +269,7 @@ def _most_suspicious(model, data, train_idx, result, mean, std, paths, count: in
     if not local:
         return []
     index = train_idx[torch.tensor(local)]
-    with torch.inference_mode():
-        pred = model((data.x[index] - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).argmax(1)
+    pred = _predict(model, data.x[index], mean, std)
     out = []
     for i, d, p in zip(local, index.tolist(), pred.tolist()):
         item = {"index": d, "label": int(data.y[d]), "predicted": int(p), "score": round(float(result.scores[i]), 3)}
