@@ -33,3 +33,15 @@ class SmallCNN(nn.Module):
 
 def small_cnn(**kwargs) -> SmallCNN:
     return SmallCNN(**kwargs)
+
+
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem most backdoor research uses on 32x32 inputs: a 3x3
+    stride-1 first convolution and no max-pool (about 0.56 G multiply-adds per 32x32 image, 10x the
+    ImageNet stem's at that size)."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DIRS = [ROOT / "fixtures" / "models", ROOT / "fixtures" / "zoo"]
 
 
-def all_models() -> list[Path]:
-    return [p for d in DIRS if d.is_dir() for p in sorted(d.glob("*.pt")) if ".repaired" not in p.name]
+def all_models(extra=()) -> list[Path]:
+    return [p for d in [*DIRS, *map(Path, extra)] if d.is_dir() for p in sorted(d.glob("*.pt")) if ".repaired" not in p.name]
 
 
 def transfer(session, result, reference: Path) -> list[str]:
@@ -71,7 +71,8 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
            "p_value": getattr(result, "p_value", None),
            "rec_asr": result.recovered_asr[flagged[0]] if flagged and getattr(result, "recovered_asr", None) else None,
            "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds,
-           "warp": result.warp.asr if getattr(result, "warp", None) is not None else None}
+           "warp": result.warp.asr if getattr(result, "warp", None) is not None else None,
+           "blend": result.blend.summary()["ratio"] if getattr(result, "blend", None) is not None else None}
     if reference != "-" and Path(reference).resolve() != Path(model).resolve():
         out["transfer"] = transfer(session, result, Path(reference))
     return out
@@ -117,25 +118,26 @@ def main() -> None:
     parser.add_argument("--clean-samples", type=int, default=10, help="clean samples per class (default: the CLI default, 10)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0],
                         help="seeds (which clean samples are drawn, and the scan's own); several: one row each")
+    parser.add_argument("--dirs", nargs="*", default=[], help="more folders of models with sidecars (trigger target in their metadata)")
     parser.add_argument("--reference", help="a clean model's stem: try the generative candidates' sampled triggers on it too")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child), default=float))
         return
-    models = [m for m in all_models() if not args.models or m.stem in args.models]
+    models = [m for m in all_models(args.dirs) if not args.models or m.stem in args.models]
     reference = next((m for m in all_models() if m.stem == args.reference), None)
     if args.reference and reference is None:
         raise SystemExit(f"no fixture model {args.reference}")
     ref_col = f" sampled triggers' ASR on {args.reference} (of the audited model's) |" if reference else ""
-    print("| model | attack | target | scan | flagged | verdict | top anomaly index or p-value (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class |"
+    print("| model | attack | target | scan | flagged | verdict | top anomaly index or p-value (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | blend alpha ratio, lowest (class) |"
           f"{ref_col} wall (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
     for model, seed in ((m, s) for m in models for s in args.seeds):
         name = model.stem if args.seeds == [0] else f"{model.stem}, seed {seed}"
         for scan in args.scans:
             r = measure(model, scan, args.clean_samples, seed, reference)
             if "error" in r:
-                print(f"| {name} | | | {scan} | | error: {r['error']} | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
+                print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
                       flush=True)
                 continue
             gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}% ({g['patch_size']}×{g['patch_size']})"
@@ -143,9 +145,11 @@ def main() -> None:
             target = "all-to-all" if r["all_to_all"] else ("—" if r["target"] is None else r["target"])
             rec = "—" if r["rec_asr"] is None else f"{100 * r['rec_asr']:.0f}%"
             warp = "—" if r["warp"] is None else "{1}: {0:.0f}%".format(*max((100 * a, c) for c, a in enumerate(r["warp"])))
+            ratios = [(v, c) for c, v in enumerate(r.get("blend") or []) if v is not None]
+            blend = "{0:.2f} ({1})".format(*min(ratios)) if ratios else "—"
             ref = f" {', '.join(r.get('transfer') or []) or '—'} |" if reference else ""
             print(f"| {name} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
-                  f"{_top_statistic(r)} ({r['argmax']}) | {rec} | {gen} | {warp} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                  f"{_top_statistic(r)} ({r['argmax']}) | {rec} | {gen} | {warp} | {blend} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -187,3 +187,43 @@ def test_estimated_asr_uses_the_strongest_recovered_trigger():
     real = load_trigger(BADNETS_TRIGGER, 1, 28, 28)
     blank = replace(real, mask=torch.zeros_like(real.mask), source="recovered")
     assert session.evaluation.strongest(session.handle, [blank, real, blank]) is real
+
+
+def _blend(handle, split, seed=0):
+    from auditor.scans.blend import blend_search
+    from auditor.scans.generative import GenerativeParams
+    from auditor.scans.neural_cleanse import _freeze, _restore
+
+    p = GenerativeParams()
+    flags = _freeze(handle.module)
+    try:
+        return blend_search(handle, split.fit.x, split.eval.x, split.eval.y, steps=p.blend_steps, batch_size=p.blend_batch_size,
+                            lr=p.blend_lr, min_asr=p.blend_asr, eval_samples=200, seed=seed)
+    finally:
+        _restore(handle.module, flags)
+
+
+def test_blend_search_singles_out_the_blended_target_and_no_clean_class(load, clean_handle, fmnist_split10):
+    from pathlib import Path
+
+    from auditor.scans.base import ScanThresholds
+
+    blended = load(Path(__file__).resolve().parents[1] / "fixtures" / "zoo" / "blended_t4.pt")
+    state = {k: v.detach().clone() for k, v in blended.module.state_dict().items()}
+    found = _blend(blended, fmnist_split10)
+    for k, v in blended.module.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    limit = ScanThresholds().max_blend_ratio
+    assert found.hits(limit) == [4], found.summary()
+    assert found.alphas[4] < 0.1 and found.ratio(4) < limit, found.summary()
+    trigger = found.trigger(4)
+    assert trigger.target == 4 and trigger.kind == "blend" and trigger.mask.shape == (1, 28, 28)
+    assert 0 <= trigger.pattern.min() and trigger.pattern.max() <= 1
+    # the trigger works at the rung it was measured at
+    x = fmnist_split10.eval.x[fmnist_split10.eval.y != 4][:200]
+    assert (blended.predict(trigger.apply(x), backend="torch") == 4).float().mean() >= 0.7
+    again = _blend(blended, fmnist_split10)
+    assert torch.equal(again.patterns, found.patterns) and again.alphas == found.alphas
+    clean = _blend(clean_handle, fmnist_split10)
+    assert clean.hits(limit) == [], clean.summary()
+    assert all(r > limit for r in clean.summary()["ratio"] if r is not None), clean.summary()

@@ -161,6 +161,22 @@ def _generative_tables(result: dict, scan: dict) -> str:
                        "that sends the most held-out samples to it (a WaNet-style trigger is a warp, not a patch); flagged "
                        "at the same share. The three classes reached most:</p>"
                        f'<table class="grid"><tr><th>Class</th><th>Warp ASR</th><th></th></tr>{rows_w}</table>')
+    blend = scan.get("blend")
+    if blend:
+        limit = result["config"].get("max_blend_ratio", 0.4)
+        ratio = [r if r is not None else float("inf") for r in blend["ratio"]]
+        order = sorted(range(len(ratio)), key=lambda c: ratio[c])
+        rows_b = "".join(
+            f"<tr class='{'flag' if ratio[c] <= limit else ''}'><td>{_class_label(result, c)}</td>"
+            f"<td>{'not reached' if blend['alpha'][c] is None else format(blend['alpha'][c], '.3f')}</td>"
+            f"<td>{'—' if blend['ratio'][c] is None else format(blend['ratio'][c], '.2f')}</td>"
+            f"<td>{'FLAGGED' if ratio[c] <= limit else ''}</td></tr>" for c in order[:3])
+        generative += (f"<p>Blend search: for every class, the weakest image-wide blend x' = (1 − alpha) x + alpha p (one "
+                       f"pattern p per class) that sends {blend['min_asr']:.0%} of held-out samples to it; a class is flagged when "
+                       f"its alpha is at most {limit:g} of the other classes' median (a Blended-style trigger needs a fraction of "
+                       "what the task's own classes need). The three classes reached with the weakest blend:</p>"
+                       '<table class="grid"><tr><th>Class</th><th>Alpha</th><th>Share of the others\' median</th><th></th></tr>'
+                       f"{rows_b}</table>")
     return generative
 
 

@@ -26,11 +26,14 @@ class ScanThresholds:
     # only the sampled patches could flag (docs/benchmarks.md, "Scans over seeds")
     nc_alone_threshold: float = 6.0
     max_margin_p_value: float = 0.05  # max-margin scan: the largest class's margin must be this unlikely under the others' fit
+    # generative scan's blend search: a class reached by a blend this share of the other classes' median alpha
+    # (planted 10-25% blends: 0.1-0.25; the clean classes of every measured model: >= 0.5; docs/benchmarks.md, "Blend search")
+    max_blend_ratio: float = 0.4
 
     @classmethod
     def from_config(cls, config) -> "ScanThresholds":
         return cls(config.anomaly_threshold, config.max_mask_ratio, config.min_generative_asr, config.nc_alone_threshold,
-                   config.max_margin_p)
+                   config.max_margin_p, config.max_blend_ratio)
 
 
 # A titled group of pictures for the report: (title, [(caption, base64 PNG), ...]).

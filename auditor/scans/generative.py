@@ -9,7 +9,8 @@ with shuffled z'; maximising it keeps the distribution from collapsing to one tr
 are updated alternately. MESA assumes the target class and the patch size are known; an intake
 tool knows neither, so a Neural Cleanse pass ranks the candidate classes first and each candidate's
 NC mask gives the patch size and where to paste it (with jitter). Last, a warp search over every
-class (scans/warp.py) covers WaNet-style triggers, which no patch can express.
+class (scans/warp.py) covers WaNet-style triggers and a blend search over every class
+(scans/blend.py) image-wide blended ones, which no small patch expresses well.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from ..metrics import attack_success_rate
 from ..registry import SCANS
 from ..triggers import Trigger
+from .blend import LADDER, BlendSearch, blend_search
 from .neural_cleanse import NeuralCleanseParams, NeuralCleanseResult, _freeze, _restore, neural_cleanse
 from .warp import WarpSearch, warp_search
 
@@ -52,6 +54,11 @@ class GenerativeParams:
     warp_strength: float = 2.0  # 1.5 px missed the WaNet target at one seed of three (77% < 80%; docs/benchmarks.md)
     warp_grid: int = 4
     warp_lr: float = 0.05
+    blend_steps: int = 15  # per rung of the alpha ladder; 0: no blend search
+    blend_batch_size: int = 16
+    blend_lr: float = 0.1
+    blend_eval_samples: int = 250
+    blend_asr: float = 0.8  # a class's blend score is the alpha at which its pattern reaches this held-out ASR
     seed: int = 0
 
     def __post_init__(self):
@@ -59,6 +66,10 @@ class GenerativeParams:
             raise ValueError("generative: candidates, steps, samples >= 1 and batch_size >= 2")
         if self.warp_steps < 0 or self.warp_batch_size < 1 or self.warp_strength <= 0 or self.warp_grid < 2 or self.warp_lr <= 0:
             raise ValueError("generative: warp_steps >= 0, warp_batch_size >= 1, warp_grid >= 2, positive warp_strength and warp_lr")
+        if self.blend_steps < 0 or self.blend_batch_size < 1 or self.blend_lr <= 0 or self.blend_eval_samples < 1 \
+                or not 0 < self.blend_asr <= 1:
+            raise ValueError("generative: blend_steps >= 0, blend_batch_size >= 1, blend_eval_samples >= 1, a positive blend_lr "
+                             "and blend_asr in (0, 1]")
         if not 0 < self.mask_share <= 1:
             raise ValueError("generative: mask_share must be in (0, 1]")
 
@@ -127,6 +138,7 @@ class GenerativeResult(NeuralCleanseResult):
 
     distributions: list[CandidateDistribution] = field(default_factory=list)
     warp: WarpSearch | None = None
+    blend: BlendSearch | None = None
 
     def patch_hits(self, thresholds) -> list[CandidateDistribution]:
         """The candidate distributions whose sampled triggers reach the threshold, in NC order."""
@@ -140,6 +152,10 @@ class GenerativeResult(NeuralCleanseResult):
         asr = self.warp.asr
         return sorted((c for c, a in enumerate(asr) if a >= thresholds.min_generative_asr), key=lambda c: -asr[c])
 
+    def blend_hits(self, thresholds) -> list[int]:
+        """The classes an image-wide blend reaches at most `max_blend_ratio` of the other classes' median alpha."""
+        return self.blend.hits(thresholds.max_blend_ratio) if self.blend is not None else []
+
     def nc_alone_hits(self, thresholds) -> list[int]:
         """Classes whose NC mask is an outlier beyond `nc_alone_threshold` (and small against the median):
         evidence strong enough without a sampled patch or a warp (a blended or image-wide trigger that
@@ -151,10 +167,12 @@ class GenerativeResult(NeuralCleanseResult):
         """Candidates whose sampled triggers reach `min_generative_asr` on held-out samples, in the NC
         pass's order (a naturally easy class such as Fashion-MNIST's Bag is also made by a large enough
         patch; its mask is not the outlier the backdoor's is); then the classes the warp search sends
-        that share of held-out samples to, by that share; then any class whose NC index alone is beyond
-        `nc_alone_threshold`. Below that the NC index only ranks."""
+        that share of held-out samples to, by that share; then the classes a blend reaches at a fraction
+        of the alpha the others need; then any class whose NC index alone is beyond `nc_alone_threshold`.
+        Below that the NC index only ranks."""
         hits = [d.target for d in self.patch_hits(thresholds)]
         hits += [c for c in self.warp_hits(thresholds) if c not in hits]
+        hits += [c for c in self.blend_hits(thresholds) if c not in hits]
         return hits + [c for c in self.nc_alone_hits(thresholds) if c not in hits]
 
     def suspects(self, thresholds) -> list[int]:
@@ -167,15 +185,16 @@ class GenerativeResult(NeuralCleanseResult):
         return [c for c in NeuralCleanseResult.flagged(self, thresholds) if c not in flagged]
 
     def triggers(self, cls: int, input_shape, thresholds) -> list[Trigger]:
-        """The sampled distribution and/or the warp, whichever flagged the class, or the NC mask/pattern.
-        A class flagged by its sampled patches also gets its NC mask/pattern, last: each defense picks
-        the kind it unlearns best (`defenses.base.drop_alternatives`)."""
+        """The sampled distribution, the warp and/or the blend, whichever flagged the class, or the NC
+        mask/pattern. A class flagged by its sampled patches also gets its NC mask/pattern, last: each
+        defense picks the kind it unlearns best (`defenses.base.drop_alternatives`)."""
         nc = super().triggers(cls, input_shape, thresholds)
         sampled = [t for d in self.patch_hits(thresholds) if d.target == cls for t in d.triggers(input_shape)]
         warp = [self.warp.trigger(cls)] if cls in self.warp_hits(thresholds) else []
-        if not sampled and not warp:
+        blend = [self.blend.trigger(cls)] if cls in self.blend_hits(thresholds) else []
+        if not sampled and not warp and not blend:
             return nc
-        return sampled + warp + (nc if sampled else [])
+        return sampled + warp + blend + (nc if sampled else [])
 
     def evidence(self, cls: int, thresholds, label: str) -> str:
         for dist in self.patch_hits(thresholds):
@@ -186,6 +205,11 @@ class GenerativeResult(NeuralCleanseResult):
         if cls in self.warp_hits(thresholds):
             return (f"class {label}: a smooth warp of at most {self.warp.strength:g} px sends {self.warp.asr[cls]:.0%} "
                     f"of held-out samples to it (>= {thresholds.min_generative_asr:.0%}; a WaNet-style trigger)")
+        if cls in self.blend_hits(thresholds):
+            b = self.blend
+            return (f"class {label}: an image-wide pattern blended at alpha {b.alphas[cls]:.3f} sends {b.min_asr:.0%} of held-out "
+                    f"samples to it, {b.ratio(cls):.2f} of the alpha the other classes need (median; flag at <= "
+                    f"{thresholds.max_blend_ratio:g}: a Blended-style trigger)")
         strong = replace(thresholds, anomaly_threshold=max(thresholds.anomaly_threshold, thresholds.nc_alone_threshold))
         return (super().evidence(cls, strong, label) + "; no sampled patch or warp reached the ASR flag, but a mask "
                 "this much smaller than the other classes' is a backdoor's on every model measured")
@@ -195,11 +219,17 @@ class GenerativeResult(NeuralCleanseResult):
 
         patch_targets = {d.target for d in self.patch_hits(thresholds)}
         warp_only = [c for c in self.warp_hits(thresholds) if c not in patch_targets]
+        blend_only = [c for c in self.blend_hits(thresholds) if c not in patch_targets and c not in warp_only]
         groups = []
         for c in classes:
             if c in warp_only:
                 groups.append((f"Recovered warp for class {label(c)} (flagged; change amplified)",
                                list(applied_pictures(self.warp.trigger(c), example).items())))
+            elif c in blend_only:
+                t = self.blend.trigger(c)
+                groups.append((f"Recovered blend for class {label(c)} (flagged; alpha {t.mask.max().item():.3f})",
+                               [("pattern", png_base64(t.pattern, max(1, 112 // max(example.shape[-2:]))))]
+                               + [kv for kv in applied_pictures(t, example).items() if kv[0] not in ("mask", "trigger")]))
             else:
                 groups += super().pictures([c], thresholds, example, label)
         for dist in self.distributions:
@@ -214,6 +244,7 @@ class GenerativeResult(NeuralCleanseResult):
         out = super().summary()
         out["generative"] = [d.summary() for d in self.distributions]
         out["warp"] = self.warp.summary() if self.warp is not None else None
+        out["blend"] = self.blend.summary() if self.blend is not None else None
         return out
 
 
@@ -314,10 +345,16 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
             warp = warp_search(handle, fit_x, eval_x, eval_y, strength=params.warp_strength, grid=params.warp_grid,
                                steps=params.warp_steps, batch_size=params.warp_batch_size, lr=params.warp_lr,
                                eval_samples=params.asr_eval_samples, seed=params.seed)
+        blend = None
+        if params.blend_steps:
+            if progress:
+                progress(f"blend search: every class, image-wide blends from alpha {LADDER[0]:g} up")
+            blend = blend_search(handle, fit_x, eval_x, eval_y, steps=params.blend_steps, batch_size=params.blend_batch_size,
+                                 lr=params.blend_lr, min_asr=params.blend_asr, eval_samples=params.blend_eval_samples, seed=params.seed)
     finally:
         _restore(handle.module, flags)
     fields_ = {k: getattr(nc, k) for k in NeuralCleanseResult.__dataclass_fields__}
-    result = GenerativeResult(**fields_, distributions=dists, warp=warp)
+    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend)
     result.method = "generative"
     result.extra = {"generative_params": asdict(params)}
     result.seconds = time.perf_counter() - start
@@ -338,22 +375,24 @@ class GenerativeScanParams:
         """At most this many images forward and backward: the NC pass, each candidate's generator, the warp search."""
         g = self.generative
         return (self.nc.image_passes(num_classes) + min(g.candidates, num_classes) * g.steps * g.batch_size
-                + g.warp_steps * num_classes * g.warp_batch_size)
+                + g.warp_steps * num_classes * g.warp_batch_size + len(LADDER) * g.blend_steps * num_classes * g.blend_batch_size)
 
 
 @SCANS.register(
     "generative",
-    "Neural Cleanse ranking, a learned distribution of patch triggers (MESA/BAERASE) for the top candidates, a warp search over every class",
+    "Neural Cleanse ranking, a learned distribution of patch triggers (MESA/BAERASE) for the top candidates, a warp search "
+    "and a blend search over every class",
     params={**{f"nc_{k}": v for k, v in asdict(NeuralCleanseParams()).items() if k != "seed"},
             **{k: v for k, v in asdict(GenerativeParams()).items() if k != "seed"}},
     limits=("Searches the NC pass's top `candidates` classes for a distribution of small patch triggers, and every class "
-            "for a smooth warp of at most `warp_strength` pixels (WaNet-style). Not detected on the project's fixture zoo "
-            "(docs/benchmarks.md, Scans): an all-to-all backdoor (every class sent to another); a patch target that the NC pass "
+            "for a smooth warp of at most `warp_strength` pixels (WaNet-style) and for the weakest image-wide blend (Blended-style). "
+            "Not detected on the project's zoo (docs/benchmarks.md, Scans): an all-to-all backdoor (every class sent to another); "
+            "a strong blend (25% of a high-contrast pattern) that the task's own classes need nearly as much of; a patch target that the NC pass "
             "ranks below the candidates is not examined; a pass does not rule those out. A class that is naturally "
             "easy to reach with a patch can be flagged on a clean model (Fashion-MNIST's Bag on one of six clean zoo "
             "models): look at its recovered triggers before calling it a backdoor."),
     params_type=GenerativeScanParams,
-    quick={"nc_max_steps": 3, "candidates": 1, "steps": 2, "samples": 2, "warp_steps": 2, "asr_eval_samples": 50,
+    quick={"nc_max_steps": 3, "candidates": 1, "steps": 2, "samples": 2, "warp_steps": 2, "blend_steps": 2, "asr_eval_samples": 50, "blend_eval_samples": 50,
            "nc_asr_eval_samples": 50},
     invalid={"nc_max_steps": -1},
 )
