@@ -18,6 +18,18 @@ def test_generative_tables_flag_only_candidates_over_the_threshold():
     assert _generative_tables(result, {"flagged_classes": []}) == ""  # a Neural Cleanse result has neither
 
 
+def test_blend_table_flags_only_classes_under_the_ratio():
+    result = {"config": {"min_generative_asr": 0.8, "max_blend_ratio": 0.4}, "model": {"class_names": None}}
+    ratio = [1.0, 0.9, 0.45, 1.1, 0.17, None, 0.7, None, 0.8, 1.2]
+    alpha = [None if r is None else round(0.3 * r, 4) for r in ratio]
+    scan = {"flagged_classes": [4], "blend": {"ladder": [0.02, 0.35], "min_asr": 0.8, "steps_per_rung": 15, "alpha": alpha,
+                                              "ratio": ratio, "asr_curves": [[0.1]] * 10, "seconds": 3.0}}
+    html = _generative_tables(result, scan)
+    assert html.count("FLAGGED") == 1 and "Blend search" in html
+    rows = html.split("<tr")[2:]  # header row first; then the three lowest ratios, lowest first
+    assert len(rows) == 3 and "FLAGGED" in rows[0] and "0.17" in rows[0] and "0.45" in rows[1] and "FLAGGED" not in rows[1]
+
+
 def test_scan_section_says_who_flags():
     # Neural Cleanse flags by its anomaly index; under the generative scan the same index ranks, and
     # flags alone only above the (higher) NC-alone threshold
