@@ -136,18 +136,25 @@ def test_generative_scan_recovers_the_badnets_target_deterministically(badnets_h
     assert result.warp is not None and len(result.warp.asr) == 10 and max(result.warp.asr) < 0.5, result.warp.asr
 
 
+def _frozen(handle, search):
+    """Run a whole-class search as the generative scan does: with the model's parameters frozen."""
+    from auditor.scans.neural_cleanse import _freeze, _restore
+
+    flags = _freeze(handle.module)
+    try:
+        return search()
+    finally:
+        _restore(handle.module, flags)
+
+
 def _warp(handle, split, seed=0):
     from auditor.scans.generative import GenerativeParams
-    from auditor.scans.neural_cleanse import _freeze, _restore
     from auditor.scans.warp import warp_search
 
     p = GenerativeParams()
-    flags = _freeze(handle.module)
-    try:
-        return warp_search(handle, split.fit.x, split.eval.x, split.eval.y, strength=p.warp_strength, grid=p.warp_grid,
-                           steps=p.warp_steps, batch_size=p.warp_batch_size, lr=p.warp_lr, eval_samples=300, seed=seed)
-    finally:
-        _restore(handle.module, flags)
+    return _frozen(handle, lambda: warp_search(
+        handle, split.fit.x, split.eval.x, split.eval.y, strength=p.warp_strength, grid=p.warp_grid, steps=p.warp_steps,
+        batch_size=p.warp_batch_size, lr=p.warp_lr, eval_samples=300, seed=seed))
 
 
 def test_warp_search_finds_the_wanet_target_and_not_a_clean_class(load, clean_handle, fmnist_split10):
@@ -192,15 +199,11 @@ def test_estimated_asr_uses_the_strongest_recovered_trigger():
 def _blend(handle, split, seed=0):
     from auditor.scans.blend import blend_search
     from auditor.scans.generative import GenerativeParams
-    from auditor.scans.neural_cleanse import _freeze, _restore
 
     p = GenerativeParams()
-    flags = _freeze(handle.module)
-    try:
-        return blend_search(handle, split.fit.x, split.eval.x, split.eval.y, steps=p.blend_steps, batch_size=p.blend_batch_size,
-                            lr=p.blend_lr, min_asr=p.blend_asr, eval_samples=200, seed=seed)
-    finally:
-        _restore(handle.module, flags)
+    return _frozen(handle, lambda: blend_search(
+        handle, split.fit.x, split.eval.x, split.eval.y, steps=p.blend_steps, batch_size=p.blend_batch_size, lr=p.blend_lr,
+        min_asr=p.blend_asr, eval_samples=200, seed=seed))
 
 
 def test_blend_search_singles_out_the_blended_target_and_no_clean_class(load, clean_handle, fmnist_split10):
