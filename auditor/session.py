@@ -46,7 +46,10 @@ class AuditSession:
     def __init__(self, config: AuditConfig, progress=None):
         from .scans.base import ScanThresholds
 
+        from .report.provenance import utc_now
+
         self.config = config
+        self.started_utc = utc_now()
         self.thresholds = ScanThresholds.from_config(config)
         self.progress = progress or progress_printer(config.quiet)
         self.errors: dict[str, str] = {}

@@ -117,7 +117,19 @@ class CliRun:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def run_auditor(workdir: Path, model, *extra: str, quiet: bool = True, timeout: float = 300) -> CliRun:
+def schema_violations(data: dict) -> None:
+    """Every JSON result any test produces must match the published schema (auditor/report/result.schema.json)."""
+    from importlib import resources
+
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    schema = json.loads(resources.files("auditor.report").joinpath("result.schema.json").read_text())
+    errors = sorted(Draft202012Validator(schema, format_checker=FormatChecker()).iter_errors(data), key=lambda e: list(e.path))
+    assert not errors, "JSON result violates result.schema.json: " + "; ".join(
+        f"{'/'.join(map(str, e.path)) or '<top>'}: {e.message[:200]}" for e in errors[:5])
+
+
+def run_auditor(workdir: Path, model, *extra: str, quiet: bool = True, timeout: float = 900) -> CliRun:
     """`auditor scan MODEL` as a user runs it (the installed console script, cwd = workdir), with every
     output (repaired models, HTML, JSON, JUnit) under workdir."""
     workdir = Path(workdir)
@@ -125,7 +137,8 @@ def run_auditor(workdir: Path, model, *extra: str, quiet: bool = True, timeout: 
     out = workdir / "out"
     html, js, junit = workdir / "report.html", workdir / "result.json", workdir / "junit.xml"
     args = [str(AUDITOR_BIN), "scan", str(model), "--output-dir", str(out), "--html", str(html), "--json", str(js),
-            "--junitxml", str(junit), *extra]
+            "--junitxml", str(junit), "--sarif", str(workdir / "result.sarif"), "--cyclonedx", str(workdir / "bom.cdx.json"),
+            *extra]
     if quiet:
         args.append("-q")
     env = {k: v for k, v in os.environ.items() if k != "AUDITOR_DEBUG"}
@@ -134,6 +147,8 @@ def run_auditor(workdir: Path, model, *extra: str, quiet: bool = True, timeout: 
     before = {p: file_state(p) for p in inputs}
     proc = subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     data = json.loads(js.read_text()) if js.is_file() else None
+    if data is not None:
+        schema_violations(data)
     unchanged = all(file_state(p) == state for p, state in before.items())
     return CliRun(args, proc.returncode, proc.stdout, proc.stderr, workdir, js, html, junit, out, data, unchanged)
 

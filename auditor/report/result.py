@@ -7,15 +7,21 @@ from __future__ import annotations
 import platform
 
 from ..registry import SCANS
+from .provenance import build_provenance
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+# The JSON result's format (result.schema.json beside this file). Bump the minor number for added
+# keys, the major one for a removed or changed key.
+SCHEMA_VERSION = "1.0"
 
 
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for dist in ("auditor", "torch", "torchvision", "onnx", "onnxruntime-gpu", "onnx2torch", "pytest", "pytest-html"):
+    for dist in ("auditor", "torch", "torchvision", "onnx", "onnxruntime-gpu", "onnxruntime", "onnx2torch", "numpy",
+                 "safetensors", "pytest", "pytest-html"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -73,20 +79,27 @@ def _pictures(session, result: dict) -> list[dict]:
     the before scan recovered for its flagged classes (or its most suspicious one), and the known trigger."""
     if session.split is None or session.handle is None:
         return []
+    from .images import applied_pictures, predicted_labels
+
     example = session.split.eval.x[0]
     names = (result.get("model") or {}).get("class_names") or []
     groups = []
-    scan = session.scan_result("before")
-    if scan is not None:
-        shown = session.flagged(scan) or scan.ranking()[:1]
-        groups += scan.pictures(shown[:4], session.thresholds, example, lambda c: _class_label(names, c))
-    trigger = session.known_trigger
-    if trigger is not None:
-        from .images import applied_pictures
+    handle = session.handle
 
-        target = trigger.target_name if trigger.target is None else _class_label(names, trigger.target)
-        groups.append((f"Known trigger (--trigger, {trigger.kind}), target class {target}",
-                       list(applied_pictures(trigger, example).items())))
+    def predict(image) -> str:
+        return _class_label(names, int(handle.logits(image.unsqueeze(0)).argmax(1)[0]))
+
+    with predicted_labels(predict):
+        scan = session.scan_result("before")
+        if scan is not None:
+            shown = session.flagged(scan) or scan.ranking()[:1]
+            groups += scan.pictures(shown[:4], session.thresholds, example, lambda c: _class_label(names, c))
+        trigger = session.known_trigger
+        if trigger is not None:
+            target = trigger.target_name if trigger.target is None else _class_label(names, trigger.target)
+            # beside the first recovered trigger, so the two can be compared at a glance
+            groups.insert(min(1, len(groups)), (f"Known trigger (--trigger, {trigger.kind}), target class {target}",
+                                                list(applied_pictures(trigger, example).items())))
     return [{"title": title, "images": [list(pair) for pair in images]} for title, images in groups]
 
 
@@ -96,6 +109,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
     records = list(plugin.records.values())
     verdict, code, errors = verdict_and_exit(records, session, pytest_exit, plugin.collected, cfg.gate)
     out: dict = {
+        "schema_version": SCHEMA_VERSION,
         "verdict": verdict,
         "exit_code": code,
         "gate": cfg.gate,
@@ -148,8 +162,9 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
             "name": d.name, "applied": True, "seconds": d.seconds, "outputs": d.outputs, "triggers": d.triggers,
             "samples_used": d.samples_used, "repair": d.repair, "stats": d.stats,
         })
-        out["metrics"]["after_edit"] = _round(d.after_edit)
+        out["metrics"]["after_edit"] = _round(d.after_edit) or None  # none measured without data
     else:
         out["defense"] = {"name": cfg.defense, "applied": False, "reason": session.skip_reason, "seconds": 0.0,
                           "outputs": {}}
+    out["provenance"] = build_provenance(session, out)
     return out
