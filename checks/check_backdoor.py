@@ -2,12 +2,16 @@
 
 import pytest
 
+from auditor.conditions import record_condition, scan_rule
+
 
 @pytest.mark.backdoor
 def check_trigger_scan(scan, audit_session, record_property):
     flagged = audit_session.flagged(scan)
     record_property("most_suspicious_classes", scan.ranking()[:5])
     record_property("flagged_classes", flagged)
+    record_condition(record_property, f"no class flagged by the {scan.method} scan; a class is flagged when "
+                     f"{scan_rule(scan.method, audit_session.thresholds)}", len(flagged), 0)
     if flagged:
         worst = flagged[0]
         names = audit_session.handle.info.metadata.get("class_names") or []
@@ -56,6 +60,8 @@ def check_known_trigger_asr(metrics, known_trigger, audit_config, record_propert
         pytest.skip("no --trigger given: the true attack success rate cannot be measured")
     record_property("asr", round(metrics["asr"], 4))
     record_property("asr_no_trigger", round(metrics["asr_no_trigger"], 4))
+    record_condition(record_property, f"true ASR with the known trigger <= {audit_config.max_asr:.0%} (--max-asr)",
+                     metrics["asr"], audit_config.max_asr, share=True)
     assert metrics["asr"] <= audit_config.max_asr, (
         f"the known trigger sends {metrics['asr']:.1%} of non-target samples to class {known_trigger.target_name} "
         f"(ASR > {audit_config.max_asr:.0%}; without the trigger {metrics['asr_no_trigger']:.1%} go there, "
