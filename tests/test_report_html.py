@@ -54,3 +54,57 @@ def test_metrics_table_explains_the_asr_split_only_when_it_shows_one():
               "asr_no_trigger": 0.01, "asr_trigger_flips": 0.49}
     with_asr = _metrics_table({"metrics": {"before": before}})
     assert "WITHOUT the trigger" in with_asr and "ASR counts" in with_asr and "49.00%" in with_asr
+
+
+def _check(name, stage, outcome, message="", **properties):
+    return {"id": f"{name}[{stage}]", "name": name, "stage": stage, "outcome": outcome, "message": message,
+            "seconds": 0.0, "backdoor": False, "properties": properties}
+
+
+def test_verdict_counts_skipped_checks_and_the_checks_table_shows_each_condition():
+    from auditor.report.html import _checks_table, _verdict
+
+    checks = [_check("check_clean_accuracy", "before", "passed", condition="clean accuracy >= 80%", measured=0.9,
+                     threshold=0.8, margin=0.1, unit="share"),
+              _check("check_known_trigger_asr", "before", "skipped", "no --trigger given"),
+              _check("check_trigger_scan", "before", "passed", condition="no class flagged", measured=0, threshold=0, margin=0)]
+    result = {"verdict": "pass", "exit_code": 0, "gate": "before", "errors": [], "checks": checks,
+              "model": {"path": "m.pt", "sha256": "ab" * 32, "class_names": None}, "config": {},
+              "provenance": {"timestamp": "2026-12-02T05:00:00Z"}}
+    verdict = _verdict(result)
+    assert "every check passed" not in verdict and "(1 not applicable, skipped)" in verdict
+    assert "as delivered: 2 passed, 0 failed, 1 skipped, 0 errors" in verdict and "ab" * 32 in verdict
+    table = _checks_table(result)
+    assert "clean accuracy &gt;= 80%" in table and "90.00%" in table and "80.00%" in table and "10.00%" in table
+    assert "no --trigger given" in table  # a skipped check says why where its condition would be
+    failed = _check("check_clean_accuracy", "before", "failed", "too low", condition="c", measured=0.7, threshold=0.8,
+                    margin=-0.1, unit="share")
+    assert 'class="neg"' in _checks_table({**result, "checks": [failed]})
+
+
+def test_a_second_flagged_class_is_named_as_possibly_natural():
+    from auditor.report.html import _natural_notes
+
+    result = {"model": {"class_names": ["a", "b", "c"]}, "scan": {"flagged_classes": [1, 2]},
+              "metrics": {"before": {"target": 1, "asr_trigger": "known"}}, "defense": {"applied": True}}
+    notes = _natural_notes(result)
+    assert len(notes) == 1 and "2 (c)" in notes[0] and "1 (b)" in notes[0] and "unlearned" in notes[0]
+    assert _natural_notes({**result, "scan": {"flagged_classes": [1]}}) == []
+    # no known trigger: nothing says which flag is the real one
+    assert _natural_notes({**result, "metrics": {"before": {"target": 1, "asr_trigger": "recovered"}}}) == []
+
+
+def test_provenance_block_lists_every_file_with_its_hash():
+    from auditor.report.html import _provenance
+
+    prov = {"tool": {"name": "auditor", "version": "0.1.0"}, "timestamp": "2026-12-02T05:00:00Z",
+            "finished": "2026-12-02T05:01:00Z", "command_line": ["auditor", "scan", "m.pt"], "user": "u", "host": "h",
+            "ci": {"system": "github-actions", "run_id": "42", "url": "https://x/runs/42"}, "seed": 0, "device": "cpu",
+            "versions": {"torch": "2"},
+            "inputs": [{"role": "model", "path": "m.pt", "kind": "file", "sha256": "ab" * 32, "size_bytes": 10},
+                       {"role": "data", "path": "d/", "kind": "folder", "sha256": "cd" * 32, "size_bytes": 5, "files": 3}],
+            "outputs": [{"role": "repaired_model", "path": "o/m.repaired.pt", "kind": "file", "sha256": "ef" * 32, "size_bytes": 9}]}
+    html = _provenance({"provenance": prov})
+    assert all(h * 32 in html for h in ("ab", "cd", "ef")) and "folder of 3 files" in html
+    assert "run_id 42" in html and "auditor scan m.pt" in html and "2026-12-02T05:00:00Z" in html
+    assert _provenance({}) == ""

@@ -9,6 +9,8 @@ from html import escape
 
 import pytest
 
+from . import charts
+
 
 OUTCOME_WORD = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}
 
@@ -49,16 +51,37 @@ class HtmlHooks:
             return
         parts = [
             '<div class="auditor">',
-            _verdict(result), _metrics_table(result), _checks_matrix(result), _scan_section(result),
-            _pictures(result), _per_class(result), _facts(result), "</div>",
+            _verdict(result), _metrics_table(result), charts.asr_chart(result), _checks_table(result),
+            _scan_section(result), charts.anomaly_chart(result), _pictures(result), _per_class(result),
+            charts.per_class_accuracy_chart(result), _facts(result), _provenance(result), "</div>",
         ]
         prefix.extend(p for p in parts if p)
 
 
+def stage_counts(result: dict, stage: str) -> dict[str, int]:
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    for c in result["checks"]:
+        if c["stage"] == stage:
+            counts[c["outcome"]] += 1
+    return counts
+
+
+def _counts_line(result: dict) -> str:
+    """The verdict's honest arithmetic: how many checks passed, failed, were skipped or could not run, per stage."""
+    parts = []
+    for stage, label in (("before", "as delivered"), ("after", "repaired model")):
+        n = stage_counts(result, stage)
+        if sum(n.values()) == 0 or (stage == "after" and n["skipped"] == sum(n.values())):
+            continue
+        parts.append(f"{label}: {n['passed']} passed, {n['failed']} failed, {n['skipped']} skipped, {n['error']} errors")
+    return " · ".join(parts)
+
+
 def _verdict(result: dict) -> str:
     verdict, code = result["verdict"], result["exit_code"]
+    skipped = stage_counts(result, "before")["skipped"]
     headline = {
-        "pass": "PASS: every check passed on the model as delivered",
+        "pass": "PASS: no check failed on the model as delivered" + (f" ({skipped} not applicable, skipped)" if skipped else ""),
         "fail": "FAIL: the model did not pass the audit" if result["gate"] == "before"
         else "FAIL: the repaired model did not pass the audit",
         "error": "ERROR: the audit could not be completed; the verdict is not trustworthy",
@@ -83,9 +106,37 @@ def _verdict(result: dict) -> str:
         reasons.append(f"No data (--data none): accuracy and ASR were not measured; the scans ran on "
                        f"{data.get('fit_samples', 0)} inputs synthesized from the model itself. A data-free verdict is weaker: "
                        "a repaired model can pass its after-stage scan with most of the backdoor left (docs/limits.md).")
+    reasons += _natural_notes(result)
     items = "".join(f"<li>{r}</li>" for r in reasons)
-    return (f'<div class="verdict v-{verdict}">{headline}<small>exit code {code} · gate: {result["gate"]} stage · '
-            f'model {escape(result["model"]["path"])}</small></div><ul class="reasons">{items}</ul>')
+    sha = result["model"].get("sha256")
+    when = (result.get("provenance") or {}).get("timestamp")
+    return (f'<div class="verdict v-{verdict}" role="status">{headline}<small>exit code {code} · gate: {result["gate"]} stage · '
+            f'{_counts_line(result)}</small><small>model {escape(result["model"]["path"])}'
+            + (f' · SHA-256 <span class="hash">{sha}</span>' if sha else "") + (f" · audited {escape(when)}" if when else "")
+            + f'</small></div><ul class="reasons">{items}</ul>')
+
+
+def _natural_notes(result: dict) -> list[str]:
+    """A flagged class whose triggers also work on the clean reference model is probably a feature of the
+    data, not a planted backdoor: the summary says so where the flag is read, not only in the scan table."""
+    scan = result.get("scan") or {}
+    notes = []
+    known = ((result.get("metrics") or {}).get("before") or {}).get("target") if \
+        ((result.get("metrics") or {}).get("before") or {}).get("asr_trigger") == "known" else None
+    extra = [c for c in scan.get("flagged_classes") or [] if known is not None and c != known]
+    if extra:
+        treated = (result.get("defense") or {}).get("applied")
+        notes.append(f"Flagged besides the known trigger's target ({_class_label(result, known)}): "
+                     f"{', '.join(_class_label(result, c) for c in extra)}. The scan cannot tell a second backdoor from a "
+                     "class the task makes easy to reach (clean models of the project's zoo had such classes flagged, "
+                     "docs/limits.md); " + ("the defense unlearned its recovered trigger too, as a target." if treated
+                                            else "look at its recovered trigger before calling it a backdoor."))
+    for c, rates in (scan.get("carry_over") or {}).items():
+        if rates.get("reference_asr", 0) >= 0.2:
+            notes.append(f"Class {_class_label(result, int(c))} is flagged, but its recovered triggers also send "
+                         f"{_pct(rates['reference_asr'])} of clean samples to it on the clean reference model: probably a "
+                         "natural feature of the data rather than a planted trigger (it was still treated as a target).")
+    return notes
 
 
 def _metrics_table(result: dict) -> str:
@@ -94,7 +145,7 @@ def _metrics_table(result: dict) -> str:
     if not before or "error" in before:
         return ""
     source = before.get("asr_trigger") or after.get("asr_trigger")
-    asr_label = {"known": "ASR (true, with the known trigger)", "recovered": "ASR (recovered trigger: an estimate)"}.get(
+    asr_label = {"known": "True ASR (the known trigger)", "recovered": "Estimated ASR (the scan's recovered trigger, not the true ASR)"}.get(
         source, "ASR (no trigger known or recovered)")
     target = before.get("target")
     rows = [("C-ACC (clean accuracy)", before.get("c_acc"), edit.get("c_acc"), after.get("c_acc")),
@@ -113,27 +164,54 @@ def _metrics_table(result: dict) -> str:
              "the row \"moved to the target BY the trigger\" is what the trigger itself does."
              if before.get("asr_no_trigger") is not None else "")
     return ("<h3>Attack success and accuracy</h3>"
-            f'<table class="grid"><tr><th></th><th>Before (as delivered)</th><th>After unlearning</th><th>After repair</th></tr>{body}</table>'
+            f'<div class="scroll"><table class="grid"><tr><th></th><th scope="col">Before (as delivered)</th><th scope="col">{_edit_column(result)}</th>'
+            f'<th scope="col">After repair (the repaired model)</th></tr>{body}</table></div>'
             f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense.{' ' + split if split else ''}</p>")
 
 
-def _checks_matrix(result: dict) -> str:
-    names: dict[str, dict] = {}
-    for c in result["checks"]:
-        names.setdefault(c["name"], {})[c["stage"]] = c
+def _number(value, unit) -> str:
+    if value is None:
+        return ""
+    if unit == "share":
+        return f"{value:.2%}"
+    return f"{value:.3g}" if isinstance(value, float) else escape(str(value))
+
+
+def _edit_column(result: dict) -> str:
+    """The middle column: the defense's own result, before repair restored what it cost."""
+    name = (result.get("defense") or {}).get("name") or "the defense"
+    return f"After {escape(str(name))} (before repair)"
+
+
+def _checks_table(result: dict) -> str:
+    """Every check that ran, per stage: the rule it applies, the measured value against its threshold, the
+    margin (how far inside; negative = outside), the outcome and the check's own words."""
     rows = []
-    for name, stages in names.items():
-        cells = []
-        for stage in ("before", "after"):
-            c = stages.get(stage)
-            if c is None:
-                cells.append("<td></td>")
-                continue
-            msg = f"<br><small>{escape(c['message'])}</small>" if c["message"] else ""
-            cells.append(f'<td><span class="o-{c["outcome"]}">{OUTCOME_WORD[c["outcome"]]}</span>{msg}</td>')
-        rows.append(f"<tr><th>{escape(name)}</th>{''.join(cells)}</tr>")
-    return ('<h3>Checks</h3><table class="grid"><tr><th>Check</th><th>Before (as delivered)</th><th>After defense + repair</th></tr>'
-            + "".join(rows) + "</table>")
+    for stage, label in (("before", "As delivered"), ("after", "Repaired model")):
+        checks = [c for c in result["checks"] if c["stage"] == stage]
+        if not checks:
+            continue
+        rows.append(f'<tr class="stage"><th colspan="6">{label} ({_counts_line_stage(result, stage)})</th></tr>')
+        for c in checks:
+            p = c.get("properties") or {}
+            unit = p.get("unit")
+            margin = p.get("margin")
+            margin_cell = "" if margin is None else f'<span class="{"neg" if margin < 0 else ""}">{_number(margin, unit)}</span>'
+            rule = escape(str(p.get("condition") or "")) or (f"<i>{escape(c['message'])}</i>" if c["outcome"] == "skipped" else "")
+            detail = escape(c["message"]) if c["message"] and c["outcome"] != "skipped" else ""
+            rows.append(f'<tr class="{"flag" if c["outcome"] in ("failed", "error") else ""}"><th scope="row">{escape(c["name"])}</th>'
+                        f'<td><span class="o-{c["outcome"]}">{OUTCOME_WORD[c["outcome"]]}</span></td><td>{rule}'
+                        + (f"<br><small>{detail}</small>" if detail else "")
+                        + f'</td><td class="num">{_number(p.get("measured"), unit)}</td><td class="num">{_number(p.get("threshold"), unit)}</td>'
+                        f'<td class="num">{margin_cell}</td></tr>')
+    return ('<h3>Checks</h3><div class="scroll"><table class="grid checks"><tr><th scope="col">Check</th><th scope="col">Outcome</th>'
+            '<th scope="col">Passes when (and what the check said)</th><th scope="col">Measured</th><th scope="col">Threshold</th>'
+            f'<th scope="col">Margin</th></tr>{"".join(rows)}</table></div>')
+
+
+def _counts_line_stage(result: dict, stage: str) -> str:
+    n = stage_counts(result, stage)
+    return f"{n['passed']} passed, {n['failed']} failed, {n['skipped']} skipped, {n['error']} errors"
 
 
 def _generative_tables(result: dict, scan: dict) -> str:
@@ -259,17 +337,22 @@ def _scan_section(result: dict) -> str:
             f"smaller mask than the others: anomaly index = (median − log L1) / (1.4826 · MAD) over the classes' log mask "
             f"norms (the log scale keeps a few huge masks from hiding a small one); {verdict}. "
             f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
-            '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Recovered-trigger ASR</th>'
-            f"<th></th>{after_head}</tr>{''.join(rows)}</table>{generative}{_reference_paragraph(result, scan)}"
+            '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Reach of its mask<sup>*</sup></th>'
+            f"<th></th>{after_head}</tr>{''.join(rows)}</table><p><small><sup>*</sup> Share of held-out images that class's smallest "
+            "mask sends to it. Every class has such a mask, a clean model's too: this measures the scan's search, not an attack; "
+            f"the true ASR needs the real trigger (--trigger).</small></p>{generative}{_reference_paragraph(result, scan)}"
             + (f'<p class="limits"><b>What this scan cannot see:</b> {escape(scan["limits"])}</p>' if scan.get("limits") else ""))
 
 
-def _figure(label: str, b64: str) -> str:
-    return f'<figure><img src="data:image/png;base64,{b64}" alt="{escape(label)}"><figcaption>{escape(label)}</figcaption></figure>'
+def _figure(label: str, b64: str, group: str) -> str:
+    # the alt text names the group too: "mask" alone does not say whose mask it is
+    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{escape(group)}: {escape(label)}">'
+            f"<figcaption>{escape(label)}</figcaption></figure>")
 
 
 def _pictures(result: dict) -> str:
-    blocks = [f"<h4>{escape(group['title'])}</h4><div class='pics'>{''.join(_figure(k, v) for k, v in group['images'])}</div>"
+    blocks = [f"<h4>{escape(group['title'])}</h4><div class='pics'>"
+              f"{''.join(_figure(k, v, group['title']) for k, v in group['images'])}</div>"
               for group in result.get("pictures") or []]
     return "<h3>Trigger pictures</h3>" + "".join(blocks) if blocks else ""
 
@@ -285,12 +368,15 @@ def _per_class(result: dict) -> str:
     known = (m.get("before") or {}).get("target")
     first = ([known] if known is not None else []) + [c for c in targets if c != known]
     order = first + [c for c in range(len(before)) if c not in first]
+    def mark(c):
+        return " · known target" if c == known else " · flagged by the scan" if c in targets else ""
+
     rows = "".join(
-        f'<tr class="{"flag" if c in first else ""}"><td>{_class_label(result, c)}{" · target" if c in first else ""}</td>'
+        f'<tr class="{"flag" if c in first else ""}"><td>{_class_label(result, c)}{mark(c)}</td>'
         f"<td>{_pct(before[c])}</td><td>{_pct(edit[c])}</td><td>{_pct(after[c])}</td></tr>"
         for c in order)
-    return ('<h3>Per-class accuracy</h3><table class="grid"><tr><th>Class</th><th>Before</th><th>After unlearning</th>'
-            f"<th>After repair</th></tr>{rows}</table>")
+    return ('<h3>Per-class accuracy</h3><div class="scroll"><table class="grid"><tr><th scope="col">Class</th><th scope="col">Before</th>'
+            f'<th scope="col">{_edit_column(result)}</th><th scope="col">After repair</th></tr>{rows}</table></div>')
 
 
 def _defense_summary(defense: dict) -> str:
@@ -346,3 +432,52 @@ def _facts(result: dict) -> str:
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td class='mono'>{escape(str(v))}</td></tr>" for k, v in rows if v is not None)
     return f'<h3>Model and run</h3><table class="grid">{body}</table>'
+
+
+def _provenance(result: dict) -> str:
+    """Who ran what, when, where, on which exact bytes: the evidence block, plain HTML (no script needed)."""
+    prov = result.get("provenance")
+    if not prov:
+        return ""
+    ci = prov.get("ci") or {}
+    ci_text = (", ".join(f"{k} {v}" for k, v in ci.items() if v) if ci else "not in CI (no GitHub Actions or GitLab CI variables)")
+    rows = [("Tool", f"{prov['tool']['name']} {prov['tool'].get('version') or ''}"), ("Started (UTC)", prov.get("timestamp")),
+            ("Finished (UTC)", prov.get("finished")), ("Command line", " ".join(prov.get("command_line") or [])),
+            ("User", prov.get("user")), ("Host", prov.get("host")), ("CI", ci_text), ("Seed", prov.get("seed")),
+            ("Device", prov.get("device")),
+            ("Library versions", ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items()))]
+    body = "".join(f"<tr><th scope='row'>{escape(k)}</th><td class='mono'>{escape(str(v))}</td></tr>" for k, v in rows if v is not None)
+    files = []
+    for direction, entries in (("input", prov.get("inputs") or []), ("written", prov.get("outputs") or [])):
+        for e in entries:
+            size = f"{e['size_bytes']:,} bytes" if e.get("size_bytes") is not None else ""
+            kind = {"folder": f"folder of {e.get('files', '?')} files (hash of its sha256sum listing)",
+                    "bundled": f"bundled set {e.get('name', '')}"}.get(e.get("kind"), "")
+            files.append(f"<tr><td>{direction}: {escape(e['role'].replace('_', ' '))}</td><td class='mono'>{escape(e['path'])}</td>"
+                         f"<td class='mono hash'>{e.get('sha256') or 'not readable'}</td><td>{escape(', '.join(x for x in (size, kind) if x))}</td></tr>")
+    table = ('<div class="scroll"><table class="grid"><tr><th scope="col">File</th><th scope="col">Path</th><th scope="col">SHA-256</th>'
+             f'<th scope="col">Size</th></tr>{"".join(files)}</table></div>') if files else ""
+    return f'<section id="provenance"><h3>Provenance</h3><table class="grid">{body}</table>{table}</section>'
+
+
+def finish_html(path, result: dict) -> None:
+    """pytest-html writes the page; this makes it auditor's: the document language, a viewport for phones,
+    and the credit line naming the tool and the UTC time (pytest-html's names its local time and itself)."""
+    import re
+    from pathlib import Path
+
+    page = Path(path)
+    text = page.read_text(encoding="utf-8")
+    prov = result.get("provenance") or {}
+    text = text.replace("<html>", '<html lang="en">', 1)
+    text = text.replace('<meta charset="utf-8"/>', '<meta charset="utf-8"/>\n    <meta name="viewport" content="width=device-width, initial-scale=1"/>', 1)
+    credit = (f"<p>Written by auditor {escape(str((prov.get('tool') or {}).get('version') or ''))} at "
+              f"{escape(str(prov.get('timestamp') or ''))} (UTC); page layout by pytest-html.</p>")
+    text = re.sub(r"<p>Report generated on .*?</p>", lambda _: credit, text, count=1, flags=re.S)
+    # pytest-html puts its environment table (empty without JavaScript; the provenance block holds the
+    # same facts) above the summary: move it below, so the source order is the reading order (verdict first)
+    env = re.search(r'\s*<div id="environment-header">.*?</div>\s*<table id="environment"></table>', text, flags=re.S)
+    if env and '<table id="results-table">' in text:
+        text = text.replace(env.group(0), "", 1)
+        text = text.replace('<table id="results-table">', env.group(0).strip() + '\n    <table id="results-table">', 1)
+    page.write_text(text, encoding="utf-8")

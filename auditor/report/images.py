@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import io
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+# While the report's pictures are drawn: image -> the label the audited model gives it, so the captions
+# of clean and stamped examples say what the model decided (set by result._pictures).
+_predict = contextvars.ContextVar("predict", default=None)
+
+
+@contextlib.contextmanager
+def predicted_labels(predict):
+    token = _predict.set(predict)
+    try:
+        yield
+    finally:
+        _predict.reset(token)
+
+
+def example_caption(caption: str, image: torch.Tensor) -> str:
+    predict = _predict.get()
+    if predict is None:
+        return caption
+    try:
+        return f"{caption}: model says {predict(image)}"
+    except Exception:  # a picture caption must never break the report
+        return caption
 
 
 def png_base64(image: torch.Tensor, scale: int = 4) -> str:
@@ -31,8 +57,8 @@ def trigger_pictures(mask: torch.Tensor, pattern: torch.Tensor, example: torch.T
         "mask": png_base64(mask, scale),
         "pattern": png_base64(pattern, scale),
         "trigger": png_base64(mask * pattern, scale),
-        "clean example": png_base64(example, scale),
-        "stamped example": png_base64(stamped, scale),
+        example_caption("clean example", example): png_base64(example, scale),
+        example_caption("stamped example", stamped): png_base64(stamped, scale),
     }
 
 
@@ -45,7 +71,7 @@ def applied_pictures(trigger, example: torch.Tensor) -> dict[str, str]:
     if trigger.mask is not None:
         pics["mask"] = png_base64(trigger.mask, scale)
         pics["trigger"] = png_base64(trigger.mask * trigger.pattern, scale)
-    pics["clean example"] = png_base64(example, scale)
-    pics["stamped example"] = png_base64(stamped, scale)
+    pics[example_caption("clean example", example)] = png_base64(example, scale)
+    pics[example_caption("stamped example", stamped)] = png_base64(stamped, scale)
     pics["change (amplified)"] = png_base64(change / change.max().clamp_min(1e-6), scale)
     return pics

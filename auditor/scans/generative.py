@@ -215,7 +215,7 @@ class GenerativeResult(NeuralCleanseResult):
                 "this much smaller than the other classes' is a backdoor's on every model measured")
 
     def pictures(self, classes, thresholds, example, label) -> list:
-        from ..report.images import applied_pictures, png_base64
+        from ..report.images import applied_pictures, example_caption, png_base64
 
         patch_targets = {d.target for d in self.patch_hits(thresholds)}
         warp_only = [c for c in self.warp_hits(thresholds) if c not in patch_targets]
@@ -235,7 +235,7 @@ class GenerativeResult(NeuralCleanseResult):
         for dist in self.distributions:
             figs = [(f"ASR {asr:.0%}", png_base64(patch, max(4, 48 // dist.size))) for patch, asr in zip(dist.patches, dist.sample_asr)]
             stamped = dist.triggers(tuple(example.shape), 1)[0].apply(example.unsqueeze(0))[0]
-            figs.append(("stamped example", png_base64(stamped, max(1, 112 // max(example.shape[-2:])))))
+            figs.append((example_caption("stamped example", stamped), png_base64(stamped, max(1, 112 // max(example.shape[-2:])))))
             groups.append((f"Sampled triggers for candidate class {label(dist.target)}: {dist.size}×{dist.size} patch at "
                            f"({dist.top}, {dist.left}), diversity {dist.diversity:.3f}", figs))
         return groups
