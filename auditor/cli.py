@@ -121,13 +121,15 @@ def errors_exit_2():
 @click.option("--html", type=path_in, help="HTML report path.  [default: <output-dir>/<model name>.html]")
 @click.option("--json", "json_path", type=path_in, help="Write the JSON result here.")
 @click.option("--junitxml", type=path_in, help="Write JUnit XML here.")
+@click.option("--sarif", type=path_in, help="Write SARIF 2.1.0 here (code-scanning dashboards: one result per failed check).")
+@click.option("--cyclonedx", type=path_in, help="Write a CycloneDX ML-BOM (JSON) of the model here, with the audit as evidence.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="auditor.toml, or a pyproject.toml with [tool.auditor].")
 @click.option("--max-file-bytes", type=click.IntRange(1), help="Refuse model files larger than this.  [default: 4 GiB]")
 @click.option("--device", help="Where scans, defenses and evaluation run: auto (a GPU when torch sees one), cpu, cuda or cuda:N; onnxruntime follows it.  [default: auto]")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
 def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, reference_model, trigger, clean_samples, seed,
          scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,
-         anomaly_threshold, max_mask_ratio, min_generative_asr, nc_alone_threshold, max_blend_ratio, max_margin_p, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, config_file,
+         anomaly_threshold, max_mask_ratio, min_generative_asr, nc_alone_threshold, max_blend_ratio, max_margin_p, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, sarif, cyclonedx, config_file,
          max_file_bytes, device, quiet):
     """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors, .onnx, or a transformers/timm folder).
 
@@ -143,7 +145,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
         defense=defense, defense_params=_key_values(defense_params, "--defense-param"), repair=repair,
         repair_params=_key_values(repair_params, "--repair-param"), min_accuracy=min_accuracy,
         max_accuracy_drop=max_accuracy_drop, max_class_drop=max_class_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, min_generative_asr=min_generative_asr, nc_alone_threshold=nc_alone_threshold, max_blend_ratio=max_blend_ratio, max_margin_p=max_margin_p, max_asr=max_asr, gate=gate,
-        checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml,
+        checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml, sarif=sarif, cyclonedx=cyclonedx,
         max_file_bytes=max_file_bytes, device=device, quiet=quiet,
     )
     with errors_exit_2():
@@ -187,7 +189,8 @@ def print_summary(result: dict, config) -> None:
     outputs = (result.get("defense") or {}).get("outputs") or {}
     for kind, path in outputs.items():
         click.echo(f"  repaired model's metadata: {path}" if kind == "metadata" else f"  repaired model ({kind}): {path}")
-    for label, path in (("HTML report", config.html), ("JSON", config.json), ("JUnit XML", config.junitxml)):
+    for label, path in (("HTML report", config.html), ("JSON", config.json), ("JUnit XML", config.junitxml),
+                        ("SARIF", config.sarif), ("CycloneDX ML-BOM", config.cyclonedx)):
         if path:
             click.echo(f"  {label}: {path}")
     click.echo(f"verdict: {result['verdict'].upper()} (exit {result['exit_code']})")

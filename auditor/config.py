@@ -50,6 +50,8 @@ class AuditConfig:
     html: Path | None = None
     json: Path | None = None
     junitxml: Path | None = None
+    sarif: Path | None = None
+    cyclonedx: Path | None = None
     max_file_bytes: int = 4 * 2**30
     device: str = "auto"  # auto | cpu | cuda | cuda:N; checked against the machine when the model loads
     quiet: bool = False
@@ -66,7 +68,7 @@ class AuditConfig:
                 raise AuditorInputError(f"{name} must be in [0, 1]")
 
 
-FILE_KEYS = {f.name for f in fields(AuditConfig)} - {"model", "checks_dirs", "output_dir", "html", "json", "junitxml"}
+FILE_KEYS = {f.name for f in fields(AuditConfig)} - {"model", "checks_dirs", "output_dir", "html", "json", "junitxml", "sarif", "cyclonedx"}
 PATH_KEYS = {"metadata", "paired_model", "reference_model", "trigger"}
 
 

@@ -56,9 +56,11 @@ def run_audit(config: AuditConfig, progress=None) -> tuple[int, dict]:
     from .plugin import AuditPlugin
     from .session import AuditSession
 
-    for out in (config.html, config.json, config.junitxml):
+    sidecar = Path(config.model).with_suffix(".json")  # read as the model's metadata when no --metadata is given
+    for out in (config.html, config.json, config.junitxml, config.sarif, config.cyclonedx):
         if out is not None:
-            for source in (config.model, config.paired_model, config.trigger, config.metadata):
+            for source in (config.model, config.paired_model, config.trigger, config.metadata, config.reference_model,
+                           sidecar if sidecar.is_file() else None):
                 if source is not None and Path(out).resolve() == Path(source).resolve():
                     from .errors import AuditorInputError
 
@@ -79,8 +81,20 @@ def run_audit(config: AuditConfig, progress=None) -> tuple[int, dict]:
     if status not in (0, 1) and result["exit_code"] != EXIT_ERROR:
         result.update(verdict="error", exit_code=EXIT_ERROR)
         result["errors"].append(f"pytest ended with exit status {status}")
+    if config.html and Path(config.html).is_file():
+        from .report.html import finish_html
+
+        finish_html(Path(config.html), result)
     if config.json:
         write_json(Path(config.json), result)
+    if config.sarif:
+        from .report.sarif import write_sarif
+
+        write_sarif(Path(config.sarif), result)
+    if config.cyclonedx:
+        from .report.mlbom import write_cyclonedx
+
+        write_cyclonedx(Path(config.cyclonedx), result)
     return result["exit_code"], result
 
 
