@@ -41,13 +41,18 @@ def export_onnx(module: torch.nn.Module, path: Path, input_shape: tuple[int, int
     )
 
 
+# Sidecar keys that say how to load and interpret a model, true of the repaired file as of the delivered one.
+DESCRIBES_LOADING = ("arch", "input", "num_classes", "class_names", "description", "license", "task")
+
+
 def repaired_metadata(info: ModelInfo, arch: str | None, arch_kwargs: dict, provenance: dict) -> dict:
     """The metadata sidecar for the repaired files, so `auditor scan <stem>.repaired.pt` loads them
-    as the after stage did: the delivered model's sidecar, with the architecture, input size and
-    normalisation the audit resolved (from the command line or that sidecar). The delivered model's
-    own measurements (`metrics`) describe the delivered file, so they move under `repaired_from`."""
+    as the after stage did: how to load and read the model (architecture, input size, normalisation,
+    class names) as the audit resolved it. What the delivered sidecar claims about the delivered file
+    (its trigger, poison rate, measured metrics, training recipe) is not true of the repaired one, so it
+    moves under `repaired_from.delivered_claims`; the audit's own measurements are in its JSON result."""
     source = dict(info.metadata)
-    meta = {k: v for k, v in source.items() if k != "metrics"}
+    meta = {k: v for k, v in source.items() if k in DESCRIBES_LOADING}
     meta["auditor_metadata"] = 1
     meta["name"] = f"{source.get('name') or Path(info.path).stem}.repaired"
     meta.pop("arch", None)  # an ONNX or TorchScript file carries its graph; its weights file is an onnx2torch module's
@@ -59,8 +64,9 @@ def repaired_metadata(info: ModelInfo, arch: str | None, arch_kwargs: dict, prov
         inp.update(mean=list(info.mean), std=list(info.std))
     meta["input"] = inp
     meta["num_classes"] = info.num_classes
+    claims = {k: v for k, v in source.items() if k not in DESCRIBES_LOADING and k not in ("auditor_metadata", "name")}
     meta["repaired_from"] = {"path": info.path, "sha256": info.sha256, **provenance,
-                             **({"delivered_metrics": source["metrics"]} if "metrics" in source else {})}
+                             **({"delivered_claims": claims} if claims else {})}
     return meta
 
 

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 
-from conftest import (AUDITOR_BIN, BADNETS_ONNX, BADNETS_PT, BADNETS_TRIGGER, CHEAP_SCAN, CLEAN_PT, TARGET,
+from conftest import (AUDITOR_BIN, schema_violations, BADNETS_ONNX, BADNETS_PT, BADNETS_TRIGGER, CHEAP_SCAN, CLEAN_PT, TARGET,
                       file_state, run_auditor)
 
 OUTCOMES = {"passed", "failed", "error", "skipped"}
@@ -53,6 +54,8 @@ def invoke(tmp_path, monkeypatch, *args, quiet=True):
     result = CliRunner().invoke(cli, full, catch_exceptions=False)
     js = tmp_path / "r.json"
     result.data = json.loads(js.read_text()) if js.is_file() else None
+    if result.data is not None:
+        schema_violations(result.data)
     result.error_lines = [line for line in result.stderr.splitlines() if line.strip()]
     return result
 
@@ -104,7 +107,7 @@ def test_clean_model_passes(clean_e2e):
     assert all(c["outcome"] == "skipped" for c in _checks(data, "after"))
     assert data["metrics"]["before"]["c_acc"] >= 0.8
     assert data["model"]["format"] == "state_dict" and data["model"]["arch"] == "auditor.zoo:small_cnn"
-    assert run.html_path.is_file() and "PASS" in run.html_path.read_text()
+    assert run.html_path.is_file() and "PASS: no check failed on the model as delivered (5 not applicable, skipped)" in run.html_path.read_text()
     # a pass states what the scan could not have seen
     assert "warp" in data["scan"]["limits"] and "What this scan cannot see" in run.html_path.read_text()
     assert "verdict: PASS (exit 0)" in run.stdout
@@ -201,10 +204,12 @@ def test_repaired_file_is_audited_again_as_is(badnets_e2e, tmp_path):
     model = badnets_e2e.data["model"]
     assert meta["arch"] == delivered["arch"] and meta["num_classes"] == 10
     assert meta["input"]["mean"] == model["mean"] and meta["input"]["std"] == model["std"]
-    assert "metrics" not in meta  # the delivered model's numbers, not this file's
+    # the delivered file's claims (its numbers, its trigger, its poison rate) are not this file's
+    assert not {"metrics", "trigger", "poison_rate", "training"} & set(meta)
     source = meta["repaired_from"]
     assert source["sha256"] == model["sha256"] and source["defense"] == "activation-edit" and source["repair"] is True
-    assert source["delivered_metrics"] == delivered["metrics"]
+    assert source["delivered_claims"]["metrics"] == delivered["metrics"]
+    assert source["delivered_claims"]["trigger"] == delivered["trigger"]
 
     again = run_auditor(tmp_path, weights, "--trigger", str(BADNETS_TRIGGER), "--defense", "none", *CHEAP_SCAN)
     assert again.returncode in (0, 1), again.stderr
@@ -242,6 +247,13 @@ def test_badnets_junit_xml(badnets_e2e):
     assert len(failed) == len(_checks(badnets_e2e.data)) - sum(
         c["outcome"] != "failed" for c in badnets_e2e.data["checks"])
     assert any("check_trigger_scan" in c.get("name", "") for c in failed)
+    # a check's seconds count the fixtures it ran (the scan runs in setup), as JUnit's time does
+    junit_time = {(c.get("name")): float(c.get("time")) for c in cases}
+    for check in badnets_e2e.data["checks"]:
+        name = f"{check['name']}[{check['stage']}]"
+        assert abs(junit_time[name] - check["seconds"]) <= 0.05 + 0.02 * junit_time[name], (name, check["seconds"])
+    timings = badnets_e2e.data["timings"]
+    assert sum(c["seconds"] for c in badnets_e2e.data["checks"]) >= 0.9 * (timings["scan_before"] + timings["defense"])
 
 
 @pytest.mark.slow
@@ -253,6 +265,35 @@ def test_badnets_html_report(badnets_e2e):
     # the defense's recalibration of the target class is stated with the shift the JSON records
     shift = badnets_e2e.data["defense"]["stats"]["recalibration"]["shift"]["7"]
     assert f"target-class logit shifted by {shift:+.3f} for class 7" in html
+
+
+@pytest.mark.slow
+def test_badnets_report_carries_its_evidence(badnets_e2e):
+    """Provenance (who, when, which bytes in and out), the checks' conditions and the verdict's
+    arithmetic are in the page itself, no script needed, and agree with the JSON."""
+    data, html = badnets_e2e.data, badnets_e2e.html_path.read_text()
+    prov = data["provenance"]
+    assert prov["timestamp"].endswith("Z") and prov["command_line"][:2] == ["auditor", "scan"]
+    roles = {e["role"]: e for e in prov["inputs"]}
+    assert roles["model"]["sha256"] == data["model"]["sha256"] and roles["trigger"]["sha256"]
+    assert roles["metadata"]["path"].endswith("badnets_cnn.json")  # the sidecar read without --metadata
+    written = {e["path"]: e["sha256"] for e in prov["outputs"]}
+    assert set(written) == set(data["defense"]["outputs"].values())
+    from auditor.report.provenance import file_sha256
+
+    for path, digest in written.items():
+        assert file_sha256(Path(path)) == digest
+    section = html[html.index('id="provenance"'):]
+    assert all(digest in section for digest in [data["model"]["sha256"], *written.values()])
+    assert '<html lang="en">' in html and "Report generated on" not in html
+    assert html.index('class="verdict') < html.index('id="environment-header"')  # source order = reading order
+    # every check that ran states its rule; the failing scan's margin is negative
+    scan = next(c for c in data["checks"] if c["name"] == "check_trigger_scan" and c["stage"] == "before")
+    assert scan["properties"]["margin"] < 0 and escape(scan["properties"]["condition"]) in html
+    assert all("condition" in c["properties"] for c in data["checks"] if c["outcome"] in ("passed", "failed"))
+    assert "as delivered: 5 passed, 2 failed, 4 skipped, 0 errors" in html
+    # the stamped examples say what the model decided
+    assert "stamped example: model says 7 (Sneaker)" in html
 
 
 # ----------------------------------------------------------------------------- gate
@@ -459,6 +500,18 @@ def test_report_over_an_input_is_refused(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "m.pt" in result.stderr
     assert file_state(model) == before
+
+
+def test_json_over_the_models_own_sidecar_is_refused(tmp_path, monkeypatch):
+    """`--json m.json` beside m.pt would overwrite the metadata the model was just read with."""
+    model, sidecar = tmp_path / "m.pt", tmp_path / "m.json"
+    model.write_bytes(CLEAN_PT.read_bytes())
+    sidecar.write_bytes(CLEAN_PT.with_suffix(".json").read_bytes())
+    before = file_state(sidecar)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["scan", str(model), "--json", str(sidecar), "--output-dir", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 2 and "m.json" in result.stderr
+    assert file_state(sidecar) == before
 
 
 # ----------------------------------------------------------------------------- user checks
