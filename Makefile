@@ -21,10 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@echo "== auditing the backdoored fixture (expected: exit 1, class 7 flagged, repaired model written)"
 	@$(AUDITOR) scan $(MODELS)/badnets_cnn.pt --trigger $(MODELS)/badnets_cnn.trigger.json \
-		--json reports/badnets_cnn.json --junitxml reports/badnets_cnn.xml; \
+		--json reports/badnets_cnn.pt.json --junitxml reports/badnets_cnn.pt.xml \
+		--sarif reports/badnets_cnn.pt.sarif --cyclonedx reports/badnets_cnn.pt.cdx.json; \
 		code=$$?; echo "exit code $$code"; test $$code -eq 1
 	@echo "== auditing the clean fixture (expected: exit 0)"
-	@$(AUDITOR) scan $(MODELS)/clean_cnn.onnx --json reports/clean_cnn.json; \
+	@$(AUDITOR) scan $(MODELS)/clean_cnn.onnx --json reports/clean_cnn.onnx.json \
+		--sarif reports/clean_cnn.onnx.sarif --cyclonedx reports/clean_cnn.onnx.cdx.json; \
 		code=$$?; echo "exit code $$code"; test $$code -eq 0
 	@echo "== open reports/badnets_cnn.pt.html and reports/clean_cnn.onnx.html in a browser"
 
@@ -42,4 +44,4 @@ fixtures: $(STAMP)
 	$(PY) fixtures/build.py
 
 clean:
-	rm -rf reports/*.html reports/*.json reports/*.xml reports/*.repaired.*
+	rm -rf reports/*.html reports/*.json reports/*.xml reports/*.sarif reports/*.repaired.*
