@@ -252,6 +252,35 @@ def train(data, arch, arch_args, input_size, mean, std, epochs, dlp_params, vali
     sys.exit(code)
 
 
+@cli.command(name="scan-many", context_settings={"ignore_unknown_options": True})
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--jobs", type=click.IntRange(1), help="Audits at once (local: worker processes; ray: the cluster's CPUs are shared among this many).  [default: 1; ray: as resources allow]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: subprocesses on this machine; ray: Ray tasks on an embedded cluster, or the one at --ray-address / RAY_ADDRESS.")
+@click.option("--ray-address", help="Address of an existing Ray cluster (default: RAY_ADDRESS, else an embedded one).")
+@click.option("--cpus-per-audit", type=click.FloatRange(0, min_open=True), help="CPUs (and threads) each audit gets.  [default: cores / --jobs]")
+@click.option("--gpus-per-audit", type=click.FloatRange(0), default=0, show_default=True, help="GPUs each Ray task declares (ray only).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True, help="Each audit's reports go to <output-dir>/<model name>/; the cache to <output-dir>/.scan-many-cache/.")
+@click.option("--html", type=path_in, help="Write the index page (a table of every audit, linking its report) here.")
+@click.option("--json", "json_path", type=path_in, help="Write the index JSON (audits, summary) here.")
+@click.option("--force", is_flag=True, help="Re-run audits the cache already holds.")
+@click.argument("scan_args", nargs=-1, type=click.UNPROCESSED)
+def scan_many(source, jobs, executor, ray_address, cpus_per_audit, gpus_per_audit, output_dir, html, json_path, force, scan_args):
+    """Audit every model of SOURCE: a folder (its model files and hub folders) or a .jsonl/.csv
+    manifest (one audit per line: `model` plus any `auditor scan` option as a key without dashes).
+    `auditor scan` options after `--` apply to every audit.
+
+    \b
+    Example: auditor scan-many models/ --jobs 2 --json index.json -- --trigger t.json
+    Exit codes: 0 every audit passed, 1 any failed, 2 any errored (or bad SOURCE: nothing runs).
+    """
+    from .many import scan_many as run_many
+
+    with errors_exit_2():
+        code = run_many(source, list(scan_args), output_dir, executor=executor, jobs=jobs, cpus_per_audit=cpus_per_audit,
+                        gpus_per_audit=gpus_per_audit, ray_address=ray_address, force=force, json_path=json_path, html_path=html)
+    sys.exit(code)
+
+
 @cli.command(name="list")
 def list_command():
     """List the registered scans, defenses and built-in checks with their parameters."""

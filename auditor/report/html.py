@@ -158,14 +158,16 @@ def _metrics_table(result: dict) -> str:
                   before.get("asr_trigger_flips"), edit.get("asr_trigger_flips"), after.get("asr_trigger_flips"))]
     if before.get("r_acc") is not None:
         rows.append(("R-ACC (triggered samples classified correctly)", before.get("r_acc"), None, after.get("r_acc")))
-    body = "".join(f"<tr><th>{escape(name)}</th><td>{_pct(b)}</td><td>{_pct(e)}</td><td>{_pct(a)}</td></tr>" for name, b, e, a in rows)
+    defended = any(e is not None or a is not None for _, _, e, a in rows)
+    body = "".join(f"<tr><th>{escape(name)}</th><td>{_pct(b)}</td>" + (f"<td>{_pct(e)}</td><td>{_pct(a)}</td>" if defended else "")
+                   + "</tr>" for name, b, e, a in rows)
+    head = (f'<th scope="col">{_edit_column(result)}</th><th scope="col">After repair (the repaired model)</th>' if defended else "")
     split = ("ASR counts every non-target image the triggered input sends to the target, including those the model sends "
              "there without any trigger (its own confusion, which a defense that keeps the class leaves in place); "
              "the row \"moved to the target BY the trigger\" is what the trigger itself does."
              if before.get("asr_no_trigger") is not None else "")
     return ("<h3>Attack success and accuracy</h3>"
-            f'<div class="scroll"><table class="grid"><tr><th></th><th scope="col">Before (as delivered)</th><th scope="col">{_edit_column(result)}</th>'
-            f'<th scope="col">After repair (the repaired model)</th></tr>{body}</table></div>'
+            f'<div class="scroll"><table class="grid"><tr><th></th><th scope="col">Before (as delivered)</th>{head}</tr>{body}</table></div>'
             f"<p>Measured on {before.get('eval_samples', '?')} held-out evaluation samples never used by the scan or the defense.{' ' + split if split else ''}</p>")
 
 
@@ -190,6 +192,12 @@ def _checks_table(result: dict) -> str:
     for stage, label in (("before", "As delivered"), ("after", "Repaired model")):
         checks = [c for c in result["checks"] if c["stage"] == stage]
         if not checks:
+            continue
+        reasons = {c["message"] for c in checks}
+        if stage == "after" and all(c["outcome"] == "skipped" for c in checks) and len(reasons) == 1:
+            # nothing ran on a repaired model: one row says why instead of one per check
+            rows.append(f'<tr class="stage"><th colspan="6">{label}: not audited ({len(checks)} checks skipped): '
+                        f"{escape(reasons.pop())}</th></tr>")
             continue
         rows.append(f'<tr class="stage"><th colspan="6">{label} ({_counts_line_stage(result, stage)})</th></tr>')
         for c in checks:
