@@ -67,9 +67,12 @@ def many(folder: Path, out: Path, executor: str, workers: int) -> tuple[float, f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=2, help="copies of each of the two fixtures (audits = 2 x copies)")
+    ap.add_argument("--full", action="store_true", help="default audits (scan, defense and repair at full budgets) instead of the cheap scan")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--modes", nargs="+", default=["bare", "local", "ray"], choices=["bare", "local", "ray"])
     args = ap.parse_args()
+    if args.full:
+        OPTIONS[:] = ["--trigger", str(TRIGGER)]
     with tempfile.TemporaryDirectory(prefix="bench_scan_many_") as tmp:
         models = make_models(Path(tmp) / "models", args.copies)
         n, rows, reference = len(models), [], None
@@ -83,7 +86,7 @@ def main() -> None:
             rows.append((mode, w, wall, own, n * 60 / wall, (wall * w - own) / n, same))
             print(f"  {mode} x{w}: {wall:.1f}s", file=sys.stderr, flush=True)
     base = {r[1]: r[4] for r in rows if r[0] == "local"}.get(1)
-    print(f"{n} audits (2 fixtures x {args.copies} copies), cheap scan; overhead = (wall x workers - audits' own s) / audits\n")
+    print(f"{n} audits (2 fixtures x {args.copies} copies), {'default budgets' if args.full else 'cheap scan'}; overhead = (wall x workers - audits' own s) / audits\n")
     print("| mode | workers | wall s | audits' own s | audits/min | vs local x1 | overhead s/audit | same exit codes |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for mode, w, wall, own, rate, over, same in rows:
