@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
-import torch
 import yaml
+from hostile import corpus
 
 from auditor.precommit import main, split_arguments
 from conftest import CHEAP_SCAN, CLEAN_PT, REPO
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_options_come_before_the_staged_files(tmp_path):
@@ -40,9 +31,8 @@ def test_hook_definition_matches_the_module():
 @pytest.mark.slow
 def test_worst_exit_code_wins_and_nothing_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    marker = tmp_path / "MARKER"
-    evil = tmp_path / "evil.pt"
-    torch.save({"weight": _Payload(marker)}, evil)
+    (case,) = corpus.build(tmp_path / "corpus", {"os_system"})  # a pickle that runs a shell command if loaded
+    evil, marker = case.model(tmp_path / "corpus"), case.marker(tmp_path / "corpus")
     clean = tmp_path / "clean.pt"
     shutil.copy(CLEAN_PT, clean)
     shutil.copy(CLEAN_PT.with_suffix(".json"), tmp_path / "clean.json")

@@ -22,18 +22,12 @@ RUNNING: set[subprocess.Popen] = set()
 
 
 def sha256_of(path: Path) -> str:
-    """A file's SHA-256; for a hub folder, the hash of its sorted relative names and their files' hashes."""
+    """A file's SHA-256; a hub folder's is provenance's folder hash, so the index and each audit's
+    provenance name a folder by the same hash."""
+    from ..report.provenance import file_sha256, folder_sha256
+
     path = Path(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_of(f)}\n".encode())
-        return h.hexdigest()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return folder_sha256(path)[0] if path.is_dir() else file_sha256(path)
 
 
 def cache_key(model: Path, model_sha: str, args: tuple[str, ...], version: str) -> str:

@@ -73,7 +73,7 @@ def _counts_line(result: dict) -> str:
         n = stage_counts(result, stage)
         if sum(n.values()) == 0 or (stage == "after" and n["skipped"] == sum(n.values())):
             continue
-        parts.append(f"{label}: {n['passed']} passed, {n['failed']} failed, {n['skipped']} skipped, {n['error']} errors")
+        parts.append(f"{label}: {_counts_line_stage(result, stage)}")
     return " · ".join(parts)
 
 
@@ -121,8 +121,8 @@ def _natural_notes(result: dict) -> list[str]:
     data, not a planted backdoor: the summary says so where the flag is read, not only in the scan table."""
     scan = result.get("scan") or {}
     notes = []
-    known = ((result.get("metrics") or {}).get("before") or {}).get("target") if \
-        ((result.get("metrics") or {}).get("before") or {}).get("asr_trigger") == "known" else None
+    before = (result.get("metrics") or {}).get("before") or {}
+    known = before.get("target") if before.get("asr_trigger") == "known" else None
     extra = [c for c in scan.get("flagged_classes") or [] if known is not None and c != known]
     if extra:
         treated = (result.get("defense") or {}).get("applied")

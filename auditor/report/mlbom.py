@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -331,14 +330,8 @@ def cyclonedx_json(result: dict, base: Path | None = None) -> str:
 
 
 def write_cyclonedx(path: Path, result: dict) -> None:
+    from ..outputs import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = cyclonedx_json(result, base=path.parent)  # validated before any file exists
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(text), protected=())

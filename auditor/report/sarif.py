@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shlex
-import tempfile
 from pathlib import Path, PurePath
 from urllib.parse import quote
 
@@ -216,14 +214,7 @@ def sarif_log(result: dict) -> dict:
 
 def write_sarif(path: Path, result: dict) -> None:
     """Written atomically (a temp file in the same folder, then a rename): a dashboard upload never reads half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(sarif_log(result), fh, indent=1, allow_nan=False, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..outputs import atomic_write
+
+    text = json.dumps(sarif_log(result), indent=1, allow_nan=False, default=str) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text), protected=())
