@@ -30,6 +30,7 @@ class ModelInfo:
     notes: tuple[str, ...] = ()
     device: str = "cpu"  # where scans, defenses and torch evaluation run
     ort_providers: tuple[str, ...] = ()  # onnxruntime's providers for an ONNX file's own predictions
+    external_files: tuple[str, ...] = ()  # files beside the model its weights were read from (ONNX external data)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -3,6 +3,7 @@ graph), and the input size read from the user's own data."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -156,3 +157,8 @@ def test_default_exporter_output_of_the_backdoored_fixture_is_repaired_with_pari
     assert "onnx" in run.data["defense"]["outputs"]
     after = {c["name"]: c["outcome"] for c in run.data["checks"] if c["stage"] == "after"}
     assert after["check_backend_agreement"] == "passed" and after["check_known_trigger_asr"] == "passed"
+    # the weights file is hashed as part of the audited model, not only the graph
+    data_file = MODELS / "badnets_cnn.dynamo.onnx.data"
+    external = [i for i in run.data["provenance"]["inputs"] if i["role"] == "model_external_data"]
+    assert [(Path(i["path"]).name, i["sha256"]) for i in external] == [(data_file.name, hashlib.sha256(data_file.read_bytes()).hexdigest())]
+    assert run.data["model"]["external_files"] == [str(data_file.resolve())]

@@ -144,6 +144,7 @@ def load_model(request: LoadRequest) -> ModelHandle:
         input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, arch=loaded.arch, opset=loaded.opset,
         metadata=meta, notes=tuple(notes), device=str(device),
         ort_providers=tuple(loaded.ort_runner.providers) if loaded.ort_runner else (),
+        external_files=loaded.external_files,
     )
     return ModelHandle(module, info, ort_session=loaded.ort_runner, device=device)
 

@@ -112,6 +112,9 @@ def build_provenance(session, result: dict) -> dict:
     cfg = session.config
     model_hash = (result.get("model") or {}).get("sha256")
     inputs = [describe_file("model", cfg.model, model_hash if Path(cfg.model).is_file() else None)]
+    # an ONNX file's weights can live in other files (the torch exporter's `.onnx.data`): they are as much
+    # the audited model as the graph is
+    inputs += [describe_file("model_external_data", f) for f in (result.get("model") or {}).get("external_files") or ()]
     if (data := data_input(cfg.data)) is not None:
         inputs.append(data)
     for role in ("trigger", "metadata", "paired_model", "reference_model"):

@@ -140,7 +140,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
             "param_count": info.param_count, "input_shape": list(info.input_shape), "num_classes": info.num_classes,
             "arch": info.arch, "opset": info.opset, "mean": list(info.mean), "std": list(info.std), "notes": list(info.notes),
             "class_names": info.metadata.get("class_names"), "device": info.device,
-            "onnxruntime_providers": list(info.ort_providers),
+            "onnxruntime_providers": list(info.ort_providers), "external_files": list(info.external_files),
         }
     if session.split is not None:
         out["data"] = {"source": session.split.fit.source, "fit_samples": len(session.split.fit),

@@ -68,6 +68,7 @@ class LoadedModule:
     input_dims: tuple | None = None  # the graph's declared input shape, when it has one
     notes: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)  # what the file itself says (input, class names), as a sidecar would
+    external_files: tuple[str, ...] = ()  # other files the weights were read from (an ONNX file's external data)
 
 
 class ModelFormat(Protocol):
