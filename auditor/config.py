@@ -54,6 +54,9 @@ class AuditConfig:
     cyclonedx: Path | None = None
     max_file_bytes: int = 4 * 2**30
     device: str = "auto"  # auto | cpu | cuda | cuda:N; checked against the machine when the model loads
+    # float32 | auto | bfloat16: how scans run their optimisation passes (auditor/compute.py). Not auto by
+    # default: bfloat16 lost a target the NC ranking only just held (docs/benchmarks.md, "Scan compute mode")
+    scan_precision: str = "float32"
     quiet: bool = False
 
     def __post_init__(self):
@@ -61,6 +64,8 @@ class AuditConfig:
             raise AuditorInputError("--clean-samples must be at least 1 (per class)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise AuditorInputError(f"--device {self.device}: expected auto, cpu, cuda or cuda:N")
+        if self.scan_precision not in ("auto", "float32", "bfloat16"):
+            raise AuditorInputError(f"--scan-precision {self.scan_precision}: expected auto, float32 or bfloat16")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
         for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop", "max_asr", "max_mask_ratio", "min_generative_asr", "max_blend_ratio"):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .errors import AuditorInputError
+
+if TYPE_CHECKING:
+    from .compute import ComputeMode
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class ModelHandle:
         self.ort_session = ort_session
         self._mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._autocast: torch.dtype | None = None  # set only inside optimising(): see there
 
     @property
     def num_classes(self) -> int:
@@ -80,8 +85,42 @@ class ModelHandle:
         return self.info.input_shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Differentiable logits of a pixel-space batch (on the handle's device)."""
-        return self.module((x.to(self.device) - self._mean) / self._std)
+        """Differentiable logits of a pixel-space batch (on the handle's device), always float32. Inside
+        `optimising()` the model runs in the mode chosen there."""
+        if self._autocast is None:
+            return self._exact(x)
+        with torch.autocast(self.device.type, dtype=self._autocast):
+            return self.module(self._normalise(x)).float()
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.to(self.device) - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self._channels_last and x.dim() == 4 else x
+
+    def _exact(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, enabled=False):
+            return self.module(self._normalise(x))
+
+    _channels_last = False
+
+    @contextmanager
+    def optimising(self, mode: "ComputeMode | None"):
+        """Trigger searches run the model forward and backward hundreds of times to optimise an input;
+        `mode` (auditor.compute, measured on this machine) may run those passes in bfloat16 and/or the
+        channels-last layout. Predictions (`logits`, every ASR and accuracy figure) stay float32."""
+        if mode is None or (mode.dtype == torch.float32 and not mode.channels_last):
+            yield
+            return
+        if mode.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        self._autocast = None if mode.dtype == torch.float32 else mode.dtype
+        try:
+            yield
+        finally:
+            self._autocast = None
+            if mode.channels_last:
+                self.module.to(memory_format=torch.contiguous_format)
+                self._channels_last = False
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor, batch_size: int = 1024, backend: str = "auto") -> torch.Tensor:
@@ -95,7 +134,7 @@ class ModelHandle:
             if use_ort:
                 out.append(self.ort_session.run(((chunk - self._mean.cpu()) / self._std.cpu()).numpy()))
             else:
-                out.append(self.forward(chunk).float().cpu())
+                out.append(self._exact(chunk).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
     @property

@@ -62,6 +62,7 @@ class AuditSession:
         self._strongest = None  # reference_trigger() without a known one
         self.timings: dict[str, float] = {}
         self._scans: dict[str, Any] = {}
+        self.compute_modes: dict[str, Any] = {}  # stage -> the auditor.compute.ComputeMode its scan ran in
         self._metrics: dict[str, dict] = {}
         self.evaluation: Evaluation | None = None
         self._after_handle = None
@@ -203,8 +204,11 @@ class AuditSession:
             self.require("data", *(["reference_model"] if self.config.reference_model else []))
             entry = SCANS.get(self.config.scan)
             self.progress(f"{entry.name} scan of the {stage} model ({handle.num_classes} classes)")
-            self._say_cost(entry, handle, stage)
-            result = entry.factory(handle, self.split, self.config.scan_params, self.config.seed, self.progress)
+            mode = self._compute_mode(handle)
+            self._say_cost(entry, handle, stage, mode)
+            with handle.optimising(mode):
+                result = entry.factory(handle, self.split, self.config.scan_params, self.config.seed, self.progress)
+            self.compute_modes[stage] = mode
             self.timings[f"scan_{stage}"] = result.seconds
             if self.reference is not None:
                 self._carry_over[id(result)] = self._carry_over_rates(handle, result)
@@ -213,11 +217,24 @@ class AuditSession:
             self._scans[stage] = result
         return self._scans[stage]
 
-    def _say_cost(self, entry, handle, stage: str) -> None:
+    def _compute_mode(self, handle):
+        """Measured once, on the delivered model: the repaired one has the same architecture."""
+        if "before" in self.compute_modes:
+            return self.compute_modes["before"]
+        from .compute import choose_mode
+
+        mode = choose_mode(handle, self.config.scan_precision)
+        rates = ", ".join(f"{k} {v:,.0f}/s" if v else f"{k} failed" for k, v in mode.measured.items())
+        why = (f"--scan-precision {self.config.scan_precision}" if self.config.scan_precision != "auto"
+               else "auto: this hardware has bfloat16" if mode.native_bfloat16 else "auto: no bfloat16 in this hardware")
+        self.progress(f"scan compute: {mode.name} ({why}; images/s forward + backward measured here: {rates})")
+        return mode
+
+    def _say_cost(self, entry, handle, stage: str, mode=None) -> None:
         """Before a long scan: what its full budget costs in image passes and seconds on this machine (kept in timings)."""
         from .cost import scan_full_budget
 
-        bound = scan_full_budget(entry.params_type, self.config.scan_params, handle)
+        bound = scan_full_budget(entry.params_type, self.config.scan_params, handle, mode)
         if bound is None:
             return
         self.timings[f"scan_{stage}_full_budget_estimate"] = bound["seconds"]

@@ -49,7 +49,7 @@ def transfer(session, result, reference: Path) -> list[str]:
     return out
 
 
-def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: str = "-") -> dict:
+def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: str = "-", precision: str = "float32") -> dict:
     """Child process: one scan of one model; prints a JSON line."""
     from auditor.config import AuditConfig
     from auditor.registry import SCANS
@@ -60,7 +60,11 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
     session.prepare()
     if session.errors:
         return {"error": "; ".join(session.errors.values())}
-    result = SCANS.get(scan).factory(session.handle, session.split, {}, int(seed), None)
+    from auditor.compute import choose_mode
+
+    mode = choose_mode(session.handle, precision)  # as the CLI does (--scan-precision)
+    with session.handle.optimising(mode):
+        result = SCANS.get(scan).factory(session.handle, session.split, {}, int(seed), None)
     flagged = session.flagged(result)
     meta = session.handle.info.metadata
     out = {"flagged": flagged, "target": (meta.get("trigger") or {}).get("target"),
@@ -72,15 +76,16 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
            "rec_asr": result.recovered_asr[flagged[0]] if flagged and getattr(result, "recovered_asr", None) else None,
            "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds,
            "warp": result.warp.asr if getattr(result, "warp", None) is not None else None,
-           "blend": result.blend.summary()["ratio"] if getattr(result, "blend", None) is not None else None}
+           "blend": result.blend.summary()["ratio"] if getattr(result, "blend", None) is not None else None,
+           "mode": mode.name}
     if reference != "-" and Path(reference).resolve() != Path(model).resolve():
         out["transfer"] = transfer(session, result, Path(reference))
     return out
 
 
-def measure(model: Path, scan: str, per_class: int, seed: int = 0, reference: Path | None = None) -> dict:
+def measure(model: Path, scan: str, per_class: int, seed: int = 0, reference: Path | None = None, precision: str = "float32") -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class), str(seed), str(reference or "-")],
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class), str(seed), str(reference or "-"), precision],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -112,13 +117,15 @@ def _top_statistic(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", help="model stems (default: every fixture and zoo model)")
     parser.add_argument("--scans", nargs="*", default=["neural-cleanse", "generative"])
     parser.add_argument("--clean-samples", type=int, default=10, help="clean samples per class (default: the CLI default, 10)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0],
                         help="seeds (which clean samples are drawn, and the scan's own); several: one row each")
     parser.add_argument("--dirs", nargs="*", default=[], help="more folders of models with sidecars (trigger target in their metadata)")
+    parser.add_argument("--precisions", nargs="*", default=["float32"], choices=["float32", "auto", "bfloat16"],
+                        help="--scan-precision values to run each scan in (default: float32, as the CLI); several: one row each")
     parser.add_argument("--reference", help="a clean model's stem: try the generative candidates' sampled triggers on it too")
     args = parser.parse_args()
     if args.child:
@@ -129,13 +136,13 @@ def main() -> None:
     if args.reference and reference is None:
         raise SystemExit(f"no fixture model {args.reference}")
     ref_col = f" sampled triggers' ASR on {args.reference} (of the audited model's) |" if reference else ""
-    print("| model | attack | target | scan | flagged | verdict | top anomaly index or p-value (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | blend alpha ratio, lowest (class) |"
+    print("| model | attack | target | scan (compute) | flagged | verdict | top anomaly index or p-value (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | blend alpha ratio, lowest (class) |"
           f"{ref_col} wall (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
     for model, seed in ((m, s) for m in models for s in args.seeds):
         name = model.stem if args.seeds == [0] else f"{model.stem}, seed {seed}"
-        for scan in args.scans:
-            r = measure(model, scan, args.clean_samples, seed, reference)
+        for scan, precision in ((s, p) for s in args.scans for p in args.precisions):
+            r = measure(model, scan, args.clean_samples, seed, reference, precision)
             if "error" in r:
                 print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
                       flush=True)
@@ -148,7 +155,7 @@ def main() -> None:
             ratios = [(v, c) for c, v in enumerate(r.get("blend") or []) if v is not None]
             blend = "{0:.2f} ({1})".format(*min(ratios)) if ratios else "—"
             ref = f" {', '.join(r.get('transfer') or []) or '—'} |" if reference else ""
-            print(f"| {name} | {r['attack'] or 'clean'} | {target} | {scan} | {r['flagged']} | {verdict(r)} | "
+            print(f"| {name} | {r['attack'] or 'clean'} | {target} | {scan} ({r['mode']}) | {r['flagged']} | {verdict(r)} | "
                   f"{_top_statistic(r)} ({r['argmax']}) | {rec} | {gen} | {warp} | {blend} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
 
 

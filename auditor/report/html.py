@@ -433,6 +433,7 @@ def _facts(result: dict) -> str:
         ("Clean data", f"{data.get('source')}: {data.get('fit_samples')} fit / {data.get('eval_samples')} evaluation samples" if data else None),
         ("Device", (model.get("device") or None) and model["device"] + (
             f" (onnxruntime: {', '.join(model['onnxruntime_providers'])})" if model.get("onnxruntime_providers") else "")),
+        ("Scan compute", _compute_summary((result.get("scan") or {}).get("compute"))),
         ("Seed", result["seed"]), ("Defense", _defense_summary(defense) if defense.get("applied") else "not applied"),
         ("Repair", _repair_summary(defense.get("repair")) if defense.get("applied") else None),
         ("Repaired files", ", ".join((defense.get("outputs") or {}).values()) or None),
@@ -440,6 +441,14 @@ def _facts(result: dict) -> str:
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td class='mono'>{escape(str(v))}</td></tr>" for k, v in rows if v is not None)
     return f'<h3>Model and run</h3><table class="grid">{body}</table>'
+
+
+def _compute_summary(compute: dict | None) -> str | None:
+    if not compute:
+        return None
+    rates = ", ".join(f"{k} {v:,.0f}" if v else f"{k} failed" for k, v in (compute.get("measured") or {}).items())
+    mode = compute["precision"] + (" + channels-last" if compute.get("channels_last") else "")
+    return f"{mode} (--scan-precision {compute.get('requested')}); forward+backward images/s here: {rates}; predictions float32"
 
 
 def _provenance(result: dict) -> str:

@@ -64,6 +64,9 @@ def _scan_dict(session, result) -> dict:
 
     suspected = [c for c in classes_to_unlearn(result, session.thresholds) if c not in flagged]  # only when something is flagged
     out = {"flagged_classes": flagged, "suspected_classes": suspected, **result.summary(), "limits": SCANS.limits(result.method)}
+    mode = next((m for stage, m in session.compute_modes.items() if session.scan_result(stage) is result), None)
+    if mode is not None:
+        out["compute"] = mode.summary()
     if session.reference is not None:
         out["reference_model"] = str(session.config.reference_model)
         out["carry_over"] = {str(c): r for c, r in session.carry_over(result).items()}
@@ -124,7 +127,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
         "defense": None,
         "metrics": {"before": None, "after": None},
         "seed": cfg.seed,
-        "config": {"data": cfg.data, "clean_samples": cfg.clean_samples, "scan": cfg.scan, "defense": cfg.defense,
+        "config": {"data": cfg.data, "clean_samples": cfg.clean_samples, "scan": cfg.scan, "scan_precision": cfg.scan_precision, "defense": cfg.defense,
                    "repair": cfg.repair, "min_accuracy": cfg.min_accuracy, "max_accuracy_drop": cfg.max_accuracy_drop,
                    "max_class_drop": cfg.max_class_drop,
                    "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "min_generative_asr": cfg.min_generative_asr, "nc_alone_threshold": cfg.nc_alone_threshold, "max_blend_ratio": cfg.max_blend_ratio, "max_margin_p": cfg.max_margin_p, "max_asr": cfg.max_asr,
