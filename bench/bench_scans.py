@@ -64,7 +64,7 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
 
     mode = choose_mode(session.handle, precision)  # as the CLI does (--scan-precision)
     with session.handle.optimising(mode):
-        result = SCANS.get(scan).factory(session.handle, session.split, {}, int(seed), None)
+        result = SCANS.get(scan).factory(session.handle, session.split, json.loads(os.environ.get("BENCH_SCAN_PARAMS", "{}")), int(seed), None)
     flagged = session.flagged(result)
     meta = session.handle.info.metadata
     out = {"flagged": flagged, "target": (meta.get("trigger") or {}).get("target"),
@@ -126,11 +126,21 @@ def main() -> None:
     parser.add_argument("--dirs", nargs="*", default=[], help="more folders of models with sidecars (trigger target in their metadata)")
     parser.add_argument("--precisions", nargs="*", default=["float32"], choices=["float32", "auto", "bfloat16"],
                         help="--scan-precision values to run each scan in (default: float32, as the CLI); several: one row each")
+    parser.add_argument("--scan-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scan parameter in every run, as the CLI's --scan-param (repeatable; numbers as JSON)")
     parser.add_argument("--reference", help="a clean model's stem: try the generative candidates' sampled triggers on it too")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child), default=float))
         return
+    overrides = {}
+    for item in args.scan_param:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    os.environ["BENCH_SCAN_PARAMS"] = json.dumps(overrides)  # the children read it
     models = [m for m in all_models(args.dirs) if not args.models or m.stem in args.models]
     reference = next((m for m in all_models() if m.stem == args.reference), None)
     if args.reference and reference is None:
