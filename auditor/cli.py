@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .config import build_config, with_outputs
+from .config import SCAN_PRECISIONS, build_config, with_outputs
 from .errors import AuditorInputError
 
 
@@ -126,7 +126,7 @@ def errors_exit_2():
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="auditor.toml, or a pyproject.toml with [tool.auditor].")
 @click.option("--max-file-bytes", type=click.IntRange(1), help="Refuse model files larger than this.  [default: 4 GiB]")
 @click.option("--device", help="Where scans, defenses and evaluation run: auto (a GPU when torch sees one), cpu, cuda or cuda:N; onnxruntime follows it.  [default: auto]")
-@click.option("--scan-precision", type=click.Choice(["float32", "auto", "bfloat16"]), help="How scans run the passes that optimise triggers: float32 (exact), bfloat16 in the channels-last layout (2-3x faster where the hardware has bfloat16; a scan's results can differ), or auto (bfloat16 exactly when this CPU or GPU has it in hardware). Predictions a verdict reads stay float32.  [default: float32]")
+@click.option("--scan-precision", type=click.Choice(SCAN_PRECISIONS), help="How scans run the passes that optimise triggers: float32 (exact), bfloat16 in the channels-last layout (2-3x faster where the hardware has bfloat16; a scan's results can differ), or auto (bfloat16 exactly when this CPU or GPU has it in hardware). Predictions a verdict reads stay float32.  [default: float32]")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
 def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, reference_model, trigger, clean_samples, seed,
          scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,

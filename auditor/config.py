@@ -10,6 +10,8 @@ from typing import Any
 
 from .errors import AuditorInputError
 
+SCAN_PRECISIONS = ("float32", "auto", "bfloat16")  # --scan-precision; auditor/compute.py
+
 
 @dataclass(frozen=True)
 class AuditConfig:
@@ -65,8 +67,8 @@ class AuditConfig:
             raise AuditorInputError("--clean-samples must be at least 1 (per class)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise AuditorInputError(f"--device {self.device}: expected auto, cpu, cuda or cuda:N")
-        if self.scan_precision not in ("auto", "float32", "bfloat16"):
-            raise AuditorInputError(f"--scan-precision {self.scan_precision}: expected auto, float32 or bfloat16")
+        if self.scan_precision not in SCAN_PRECISIONS:
+            raise AuditorInputError(f"--scan-precision {self.scan_precision}: expected {', '.join(SCAN_PRECISIONS)}")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
         for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop", "max_asr", "max_mask_ratio", "min_generative_asr", "max_blend_ratio"):

@@ -75,6 +75,7 @@ class ModelHandle:
         self._mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._autocast: torch.dtype | None = None  # set only inside optimising(): see there
+        self._channels_last = False  # likewise
 
     @property
     def num_classes(self) -> int:
@@ -99,8 +100,6 @@ class ModelHandle:
     def _exact(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, enabled=False):
             return self.module(self._normalise(x))
-
-    _channels_last = False
 
     @contextmanager
     def optimising(self, mode: "ComputeMode | None"):

@@ -62,7 +62,7 @@ class AuditSession:
         self._strongest = None  # reference_trigger() without a known one
         self.timings: dict[str, float] = {}
         self._scans: dict[str, Any] = {}
-        self.compute_modes: dict[str, Any] = {}  # stage -> the auditor.compute.ComputeMode its scan ran in
+        self.compute_mode = None  # the auditor.compute.ComputeMode every scan of this audit runs in
         self._metrics: dict[str, dict] = {}
         self.evaluation: Evaluation | None = None
         self._after_handle = None
@@ -208,7 +208,6 @@ class AuditSession:
             self._say_cost(entry, handle, stage, mode)
             with handle.optimising(mode):
                 result = entry.factory(handle, self.split, self.config.scan_params, self.config.seed, self.progress)
-            self.compute_modes[stage] = mode
             self.timings[f"scan_{stage}"] = result.seconds
             if self.reference is not None:
                 self._carry_over[id(result)] = self._carry_over_rates(handle, result)
@@ -218,13 +217,13 @@ class AuditSession:
         return self._scans[stage]
 
     def _compute_mode(self, handle):
-        """Measured once, on the delivered model: the repaired one has the same architecture."""
-        if "before" in self.compute_modes:
-            return self.compute_modes["before"]
-        from .compute import choose_mode
+        """Chosen once, on the first model scanned: the repaired one has the same architecture."""
+        if self.compute_mode is not None:
+            return self.compute_mode
+        from .compute import choose_mode, rates_text
 
-        mode = choose_mode(handle, self.config.scan_precision)
-        rates = ", ".join(f"{k} {v:,.0f}/s" if v else f"{k} failed" for k, v in mode.measured.items())
+        mode = self.compute_mode = choose_mode(handle, self.config.scan_precision)
+        rates = rates_text(mode.measured)
         why = (f"--scan-precision {self.config.scan_precision}" if self.config.scan_precision != "auto"
                else "auto: this hardware has bfloat16" if mode.native_bfloat16 else "auto: no bfloat16 in this hardware")
         self.progress(f"scan compute: {mode.name} ({why}; images/s forward + backward measured here: {rates})")

@@ -49,7 +49,8 @@ def transfer(session, result, reference: Path) -> list[str]:
     return out
 
 
-def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: str = "-", precision: str = "float32") -> dict:
+def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: str = "-", precision: str = "float32",
+            scan_params: str = "{}") -> dict:
     """Child process: one scan of one model; prints a JSON line."""
     from auditor.config import AuditConfig
     from auditor.registry import SCANS
@@ -64,7 +65,7 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
 
     mode = choose_mode(session.handle, precision)  # as the CLI does (--scan-precision)
     with session.handle.optimising(mode):
-        result = SCANS.get(scan).factory(session.handle, session.split, json.loads(os.environ.get("BENCH_SCAN_PARAMS", "{}")), int(seed), None)
+        result = SCANS.get(scan).factory(session.handle, session.split, json.loads(scan_params), int(seed), None)
     flagged = session.flagged(result)
     meta = session.handle.info.metadata
     out = {"flagged": flagged, "target": (meta.get("trigger") or {}).get("target"),
@@ -83,9 +84,11 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
     return out
 
 
-def measure(model: Path, scan: str, per_class: int, seed: int = 0, reference: Path | None = None, precision: str = "float32") -> dict:
+def measure(model: Path, scan: str, per_class: int, seed: int = 0, reference: Path | None = None, precision: str = "float32",
+            scan_params: dict | None = None) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class), str(seed), str(reference or "-"), precision],
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(model), scan, str(per_class), str(seed), str(reference or "-"), precision,
+                             json.dumps(scan_params or {})],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -117,7 +120,7 @@ def _top_statistic(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="*", help="model stems (default: every fixture and zoo model)")
     parser.add_argument("--scans", nargs="*", default=["neural-cleanse", "generative"])
     parser.add_argument("--clean-samples", type=int, default=10, help="clean samples per class (default: the CLI default, 10)")
@@ -140,7 +143,6 @@ def main() -> None:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    os.environ["BENCH_SCAN_PARAMS"] = json.dumps(overrides)  # the children read it
     models = [m for m in all_models(args.dirs) if not args.models or m.stem in args.models]
     reference = next((m for m in all_models() if m.stem == args.reference), None)
     if args.reference and reference is None:
@@ -152,7 +154,7 @@ def main() -> None:
     for model, seed in ((m, s) for m in models for s in args.seeds):
         name = model.stem if args.seeds == [0] else f"{model.stem}, seed {seed}"
         for scan, precision in ((s, p) for s in args.scans for p in args.precisions):
-            r = measure(model, scan, args.clean_samples, seed, reference, precision)
+            r = measure(model, scan, args.clean_samples, seed, reference, precision, overrides)
             if "error" in r:
                 print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
                       flush=True)

@@ -23,7 +23,7 @@ DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12:
 class OnnxFacts:
     opset: int | None
     custom_domains: tuple[str, ...]
-    external_files: tuple[str, ...]
+    external_files: tuple[str, ...]  # resolved paths of the external-data files, inside the model's folder
     input_shape: tuple  # dims of the first graph input; ints or symbolic names
     producer: str
 
@@ -82,7 +82,7 @@ def read_and_validate(path: Path, max_tensor_bytes: int):
                 raise AuditorInputError(f"{path}: tensor {tensor.name!r} has a malformed external-data offset or length") from None
             if offset < 0 or length < 0 or offset + length > target_size:
                 raise AuditorInputError(f"{path}: tensor {tensor.name!r} reads past the end of {location!r}")
-            external.add(location)
+            external.add(str(target))
     if not model.graph.input:
         raise AuditorInputError(f"{path}: the ONNX graph has no inputs")
     try:

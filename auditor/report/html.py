@@ -446,7 +446,9 @@ def _facts(result: dict) -> str:
 def _compute_summary(compute: dict | None) -> str | None:
     if not compute:
         return None
-    rates = ", ".join(f"{k} {v:,.0f}" if v else f"{k} failed" for k, v in (compute.get("measured") or {}).items())
+    from ..compute import rates_text
+
+    rates = rates_text(compute.get("measured") or {})
     mode = compute["precision"] + (" + channels-last" if compute.get("channels_last") else "")
     return f"{mode} (--scan-precision {compute.get('requested')}); forward+backward images/s here: {rates}; predictions float32"
 

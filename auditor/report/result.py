@@ -64,9 +64,8 @@ def _scan_dict(session, result) -> dict:
 
     suspected = [c for c in classes_to_unlearn(result, session.thresholds) if c not in flagged]  # only when something is flagged
     out = {"flagged_classes": flagged, "suspected_classes": suspected, **result.summary(), "limits": SCANS.limits(result.method)}
-    mode = next((m for stage, m in session.compute_modes.items() if session.scan_result(stage) is result), None)
-    if mode is not None:
-        out["compute"] = mode.summary()
+    if session.compute_mode is not None:
+        out["compute"] = session.compute_mode.summary()
     if session.reference is not None:
         out["reference_model"] = str(session.config.reference_model)
         out["carry_over"] = {str(c): r for c, r in session.carry_over(result).items()}

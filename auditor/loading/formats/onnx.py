@@ -32,7 +32,7 @@ class OnnxFormat:
         onnx_findings(probe.path, max_tensor_bytes, report)
 
     def load(self, request, probe: FileProbe, meta: dict, meta_path: Path | None, device) -> LoadedModule:
-        from ..onnx_files import OrtRunner, external_target, read_and_validate, to_torch
+        from ..onnx_files import OrtRunner, read_and_validate, to_torch
 
         path = probe.path
         onnx_model, facts = read_and_validate(path, request.max_tensor_bytes)
@@ -42,7 +42,7 @@ class OnnxFormat:
         module, note = to_torch(onnx_model, path, runner, facts.input_shape)
         return LoadedModule(module, "onnx2torch", ort_runner=runner, opset=facts.opset, input_dims=facts.input_shape,
                             notes=[note] if note else [],
-                            external_files=tuple(str(external_target(path.resolve().parent, f)) for f in facts.external_files))
+                            external_files=facts.external_files)
 
     def write(self, handle, source, output_dir: Path, stem: str, protected: tuple[Path, ...]) -> dict[str, Path]:
         """The converted module's weights, and the ONNX export the after stage audits as the file that will run."""
