@@ -112,6 +112,7 @@ def errors_exit_2():
 @click.option("--max-mask-ratio", type=click.FloatRange(0, 1), help="A flagged class's mask must also be at most this share of the median mask.  [default: 0.5]")
 @click.option("--min-generative-asr", type=click.FloatRange(0, 1), help="Generative scan: a candidate class is flagged when its sampled triggers reach this ASR.  [default: 0.8]")
 @click.option("--nc-alone-threshold", type=float, help="Generative scan: a class whose Neural Cleanse anomaly index exceeds this is flagged even when no sampled patch or warp reaches --min-generative-asr.  [default: 6.0]")
+@click.option("--max-all-to-all-ratio", type=click.FloatRange(0, 1), help="Generative scan: one trigger that sends most held-out samples away from their own class, to several classes, with a mask at most this share of the per-class Neural Cleanse median flags the classes it sends them to (an all-to-all backdoor).  [default: 0.3]")
 @click.option("--max-blend-ratio", type=click.FloatRange(0, 1), help="Generative scan: a class that an image-wide blend reaches at this share of the alpha the other classes need (median) is flagged.  [default: 0.4]")
 @click.option("--max-margin-p", type=click.FloatRange(0, 1), help="Max-margin scan: the class with the largest margin is flagged when its p-value under the other classes' Gamma fit is below this.  [default: 0.05]")
 @click.option("--max-asr", type=click.FloatRange(0, 1), help="Highest acceptable ASR with a known trigger.  [default: 0.05]")
@@ -130,7 +131,7 @@ def errors_exit_2():
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
 def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, reference_model, trigger, clean_samples, seed,
          scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,
-         anomaly_threshold, max_mask_ratio, min_generative_asr, nc_alone_threshold, max_blend_ratio, max_margin_p, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, sarif, cyclonedx, config_file,
+         anomaly_threshold, max_mask_ratio, min_generative_asr, nc_alone_threshold, max_blend_ratio, max_all_to_all_ratio, max_margin_p, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, sarif, cyclonedx, config_file,
          max_file_bytes, device, scan_precision, quiet):
     """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors, .onnx, or a transformers/timm folder).
 
@@ -145,7 +146,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
         trigger=trigger, clean_samples=clean_samples, seed=seed, scan=scan, scan_params=_key_values(scan_params, "--scan-param"),
         defense=defense, defense_params=_key_values(defense_params, "--defense-param"), repair=repair,
         repair_params=_key_values(repair_params, "--repair-param"), min_accuracy=min_accuracy,
-        max_accuracy_drop=max_accuracy_drop, max_class_drop=max_class_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, min_generative_asr=min_generative_asr, nc_alone_threshold=nc_alone_threshold, max_blend_ratio=max_blend_ratio, max_margin_p=max_margin_p, max_asr=max_asr, gate=gate,
+        max_accuracy_drop=max_accuracy_drop, max_class_drop=max_class_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, min_generative_asr=min_generative_asr, nc_alone_threshold=nc_alone_threshold, max_blend_ratio=max_blend_ratio, max_all_to_all_ratio=max_all_to_all_ratio, max_margin_p=max_margin_p, max_asr=max_asr, gate=gate,
         checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml, sarif=sarif, cyclonedx=cyclonedx,
         max_file_bytes=max_file_bytes, device=device, scan_precision=scan_precision, quiet=quiet,
     )

@@ -27,7 +27,8 @@ def scan_rule(method: str, thresholds) -> str:
         "neural-cleanse": nc,
         "generative": (f"sampled patch triggers or a warp reach >= {t.min_generative_asr:.0%} ASR, a blend reaches 80% at "
                        f"<= {t.max_blend_ratio:g} x the other classes' median alpha, or the Neural Cleanse index is >= "
-                       f"{t.nc_alone_threshold:g}"),
+                       f"{t.nc_alone_threshold:g}; or one trigger with a mask <= {t.max_all_to_all_ratio:g} x the per-class median sends >= "
+                       f"{t.min_all_to_all_flip:.0%} of held-out samples to several other classes (all-to-all: its destinations)"),
         "max-margin": f"the largest class's maximum margin has p < {t.max_margin_p_value:g} against the others",
     }
     return rules.get(method, "the scan's own rule (see the scan section)")

@@ -43,6 +43,7 @@ class AuditConfig:
     min_generative_asr: float = 0.8
     nc_alone_threshold: float = 6.0  # generative scan: an NC index this high flags by itself (scans/base.py)
     max_blend_ratio: float = 0.4  # generative scan: a blend reaching a class at this share of the others' alpha flags it
+    max_all_to_all_ratio: float = 0.3  # generative scan: an all-to-all trigger this small against the per-class masks flags
     max_margin_p: float = 0.05  # max-margin scan: the top class is flagged below this p-value (MM-BD's own)
     max_asr: float = 0.05
     max_logit_diff: float = 1e-3
@@ -71,7 +72,8 @@ class AuditConfig:
             raise AuditorInputError(f"--scan-precision {self.scan_precision}: expected {', '.join(SCAN_PRECISIONS)}")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
-        for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop", "max_asr", "max_mask_ratio", "min_generative_asr", "max_blend_ratio"):
+        for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop", "max_asr", "max_mask_ratio", "min_generative_asr", "max_blend_ratio",
+                     "max_all_to_all_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise AuditorInputError(f"{name} must be in [0, 1]")
 

@@ -50,7 +50,9 @@ def triggers_to_unlearn(known, scan_result, input_shape, thresholds) -> list:
     known_list = [known] if known is not None else []
     known_targets = {t.target for t in known_list}
     classes = [c for c in classes_to_unlearn(scan_result, thresholds) if c not in known_targets]
-    return known_list + [t for c in classes for t in scan_result.triggers(c, input_shape, thresholds)]
+    out = known_list + [t for c in classes for t in scan_result.triggers(c, input_shape, thresholds)]
+    # one all-to-all trigger stands for all the classes it sends images to: unlearned once
+    return [t for i, t in enumerate(out) if not any(t is u for u in out[:i])]
 
 
 def _summarise(triggers: list) -> list[dict]:

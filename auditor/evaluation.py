@@ -52,9 +52,12 @@ class Evaluation:
             self._clean_predictions[id(handle)] = (handle, handle.predict(self.split.eval.x))
         return self._clean_predictions[id(handle)][1]
 
-    def fit_asr(self, handle: ModelHandle, trigger, target: int) -> float:
-        """The share of the clean fit samples (not of `target`) that `trigger` sends to `target`."""
+    def fit_asr(self, handle: ModelHandle, trigger, target: int | None) -> float:
+        """The share of the clean fit samples (not of `target`) that `trigger` sends to `target`; with
+        None, each sample's own target under the trigger (all-to-all)."""
         fit = self.split.fit
+        if target is None:
+            target = trigger.target_labels(fit.y, handle.num_classes)
         return attack_success_rate(handle.predict(trigger.apply(fit.x)), fit.y, target)
 
     def mean_fit_asr(self, handle: ModelHandle, triggers: list, target: int) -> float:

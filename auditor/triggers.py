@@ -39,6 +39,9 @@ class Trigger:
     additive: torch.Tensor | None = None  # C x H x W, added then clamped
     grid: torch.Tensor | None = None  # H x W x 2 sampling grid in [-1, 1]
     kind: str = "patch"
+    # a recovered all-to-all trigger's destination per source class (-1: the class itself, none observed);
+    # None with target None: the known all-to-all rule y -> y + 1
+    mapping: tuple[int, ...] | None = None
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Apply to a pixel-space batch N x C x H x W."""
@@ -53,13 +56,18 @@ class Trigger:
         return x
 
     def target_labels(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        if self.target is None and self.mapping is not None:
+            table = torch.tensor(self.mapping, dtype=labels.dtype, device=labels.device)
+            return torch.where(table[labels] >= 0, table[labels], labels)
         if self.target is None:
             return (labels + 1) % num_classes
         return torch.full_like(labels, self.target)
 
     @property
     def target_name(self) -> str:
-        return "all-to-all (y -> y+1)" if self.target is None else str(self.target)
+        if self.target is None:
+            return "all-to-all (recovered mapping)" if self.mapping is not None else "all-to-all (y -> y+1)"
+        return str(self.target)
 
 
 def _random_pattern(spec: dict, shape) -> torch.Tensor:

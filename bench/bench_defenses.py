@@ -43,10 +43,12 @@ def clean_model_asr(session, trigger) -> tuple[float, float]:
     with it, elsewhere without): what no defense can be expected to beat."""
     from auditor.loading import LoadRequest, load_model
 
-    # a clean model of the same input: the ResNet-18 zoo pair's own, else the small-CNN fixture
-    same_input = ROOT / "fixtures" / "zoo" / "resnet18_clean.pt"
-    if session.handle.input_shape != (3, 32, 32) or not same_input.exists():
-        same_input = ROOT / "fixtures" / "models" / "clean_cnn.pt"
+    # a clean model of the same input: for 3x32x32 the CIFAR-style CNN's (committed) or the ResNet-18
+    # pair's (built on demand), else the small-CNN fixture
+    same_input = ROOT / "fixtures" / "models" / "clean_cnn.pt"
+    if session.handle.input_shape == (3, 32, 32):
+        order = ("resnet18", "cifar_cnn") if session.config.model.stem.startswith("resnet18") else ("cifar_cnn", "resnet18")
+        same_input = next((p for p in (ROOT / "fixtures" / "zoo" / f"{n}_clean.pt" for n in order) if p.exists()), same_input)
     clean = load_model(LoadRequest(path=same_input))
     attack = session.evaluation.measure_attack(clean, trigger)
     return attack["asr"], attack["asr_trigger_flips"]
@@ -56,7 +58,8 @@ def recovered_asr(handle, data, triggers) -> float:
     """Mean ASR of (at most 16 of) the recovered triggers on the evaluation samples."""
     from auditor.metrics import attack_success_rate
 
-    rates = [attack_success_rate(handle.predict(t.apply(data.x)), data.y, t.target) for t in triggers[:16]]
+    rates = [attack_success_rate(handle.predict(t.apply(data.x)), data.y,
+                                 t.target if t.target is not None else t.target_labels(data.y, handle.num_classes)) for t in triggers[:16]]
     return sum(rates) / len(rates)
 
 

@@ -69,7 +69,7 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
     flagged = session.flagged(result)
     meta = session.handle.info.metadata
     out = {"flagged": flagged, "target": (meta.get("trigger") or {}).get("target"),
-           "all_to_all": bool((meta.get("trigger") or {}).get("all_to_all")), "attack": meta.get("attack", "badnets" if meta.get("trigger") else None),
+           "planted_all_to_all": bool((meta.get("trigger") or {}).get("all_to_all")), "attack": meta.get("attack", "badnets" if meta.get("trigger") else None),
            "argmax": result.ranking()[0],
            # the scan's own statistic for its most suspicious class: NC's anomaly index, or max-margin's p-value
            "top_index": max(result.anomaly_index) if hasattr(result, "anomaly_index") else None,
@@ -78,6 +78,7 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
            "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds,
            "warp": result.warp.asr if getattr(result, "warp", None) is not None else None,
            "blend": result.blend.summary()["ratio"] if getattr(result, "blend", None) is not None else None,
+           "all_to_all": result.all_to_all.summary() if getattr(result, "all_to_all", None) is not None else None,
            "mode": mode.name}
     if reference != "-" and Path(reference).resolve() != Path(model).resolve():
         out["transfer"] = transfer(session, result, Path(reference))
@@ -104,10 +105,10 @@ def measure(model: Path, scan: str, per_class: int, seed: int = 0, reference: Pa
 def verdict(r: dict) -> str:
     if "error" in r:
         return "error"
-    backdoored = r["target"] is not None or r["all_to_all"]
+    backdoored = r["target"] is not None or r["planted_all_to_all"]
     if not backdoored:
         return "false alarm" if r["flagged"] else "ok (clean)"
-    if r["all_to_all"]:
+    if r["planted_all_to_all"]:
         return "detected" if r["flagged"] else "not detected"
     if not r["flagged"]:
         return "MISSED"
@@ -148,27 +149,30 @@ def main() -> None:
     if args.reference and reference is None:
         raise SystemExit(f"no fixture model {args.reference}")
     ref_col = f" sampled triggers' ASR on {args.reference} (of the audited model's) |" if reference else ""
-    print("| model | attack | target | scan (compute) | flagged | verdict | top anomaly index or p-value (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | blend alpha ratio, lowest (class) |"
+    print("| model | attack | target | scan (compute) | flagged | verdict | top anomaly index or p-value (class) | recovered-trigger ASR | generative sampled ASR by class | warp ASR, top class | blend alpha ratio, lowest (class) | all-to-all mask ratio (flips, destinations) |"
           f"{ref_col} wall (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
     for model, seed in ((m, s) for m in models for s in args.seeds):
         name = model.stem if args.seeds == [0] else f"{model.stem}, seed {seed}"
         for scan, precision in ((s, p) for s in args.scans for p in args.precisions):
             r = measure(model, scan, args.clean_samples, seed, reference, precision, overrides)
             if "error" in r:
-                print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
+                print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
                       flush=True)
                 continue
             gen = ", ".join(f"{g['target']}: {100 * g['sample_asr_mean']:.0f}% ({g['patch_size']}×{g['patch_size']})"
                             for g in r["generative"]) or "—"
-            target = "all-to-all" if r["all_to_all"] else ("—" if r["target"] is None else r["target"])
+            target = "all-to-all" if r["planted_all_to_all"] else ("—" if r["target"] is None else r["target"])
             rec = "—" if r["rec_asr"] is None else f"{100 * r['rec_asr']:.0f}%"
             warp = "—" if r["warp"] is None else "{1}: {0:.0f}%".format(*max((100 * a, c) for c, a in enumerate(r["warp"])))
             ratios = [(v, c) for c, v in enumerate(r.get("blend") or []) if v is not None]
             blend = "{0:.2f} ({1})".format(*min(ratios)) if ratios else "—"
+            a2a = r.get("all_to_all")
+            a2a = "—" if not a2a else ("not reached" if a2a["ratio"] is None else
+                                       f"{a2a['ratio']:.2f} ({100 * a2a['flip_rate']:.0f}%, {a2a['destinations']})")
             ref = f" {', '.join(r.get('transfer') or []) or '—'} |" if reference else ""
             print(f"| {name} | {r['attack'] or 'clean'} | {target} | {scan} ({r['mode']}) | {r['flagged']} | {verdict(r)} | "
-                  f"{_top_statistic(r)} ({r['argmax']}) | {rec} | {gen} | {warp} | {blend} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+                  f"{_top_statistic(r)} ({r['argmax']}) | {rec} | {gen} | {warp} | {blend} | {a2a} |{ref} {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,8 @@ def _metrics_table(result: dict) -> str:
         source, "ASR (no trigger known or recovered)")
     target = before.get("target")
     rows = [("C-ACC (clean accuracy)", before.get("c_acc"), edit.get("c_acc"), after.get("c_acc")),
-            (asr_label + (f", target class {target}" if target is not None else ", all-to-all: y → y+1" if source else ""),
+            (asr_label + (f", target class {target}" if target is not None else ", all-to-all: y → y+1" if source == "known"
+                       else ", all-to-all: each class to its recovered destination" if source else ""),
              before.get("asr"), edit.get("asr"), after.get("asr"))]
     if before.get("asr_no_trigger") is not None:
         rows += [("The same images sent to the target WITHOUT the trigger (the model's own confusion)",
@@ -263,6 +264,21 @@ def _generative_tables(result: dict, scan: dict) -> str:
                        "what the task's own classes need). The three classes reached with the weakest blend:</p>"
                        '<table class="grid"><tr><th>Class</th><th>Alpha</th><th>Share of the others\' median</th><th></th></tr>'
                        f"{rows_b}</table>")
+    a2a = scan.get("all_to_all")
+    if a2a:
+        limit = result["config"].get("max_all_to_all_ratio", 0.3)
+        flagged = a2a["ratio"] is not None and a2a["ratio"] <= limit and a2a["destinations"] >= 3 and a2a["flip_rate"] >= 0.5
+        found = ("No mask met that" if a2a["ratio"] is None else
+                 f"Smallest such mask: L1 {a2a['norm']:.1f}, {a2a['ratio']:.2f} of the per-class Neural Cleanse median "
+                 f"({a2a['reference_norm']:.1f}); on held-out samples it moves {_pct(a2a['flip_rate'])} of them, "
+                 f"{_pct(a2a['sink_share'])} of those to one class, {a2a['destinations']} classes receiving at least 5%")
+        mapping = ", ".join(f"{_class_label(result, s_)} → {_class_label(result, d)}" for s_, d in enumerate(a2a["mapping"]) if d is not None)
+        para = "<p class='flag'>" if flagged else "<p>"
+        generative += (f"{para}All-to-all search: the smallest single trigger (mask and pattern) that moves most samples away from "
+                       "their own class to many different classes, as an all-to-all backdoor does (each class to its own target). "
+                       "A step counts when 80% of a batch leaves its class and no destination takes half of them; the trigger is "
+                       f"flagged when its mask is at most {limit:g} of the per-class median. {found}."
+                       + (f" <b>FLAGGED</b>: where it sends each class: {escape(mapping)}." if flagged else "") + "</p>")
     return generative
 
 

@@ -129,7 +129,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
         "config": {"data": cfg.data, "clean_samples": cfg.clean_samples, "scan": cfg.scan, "scan_precision": cfg.scan_precision, "defense": cfg.defense,
                    "repair": cfg.repair, "min_accuracy": cfg.min_accuracy, "max_accuracy_drop": cfg.max_accuracy_drop,
                    "max_class_drop": cfg.max_class_drop,
-                   "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "min_generative_asr": cfg.min_generative_asr, "nc_alone_threshold": cfg.nc_alone_threshold, "max_blend_ratio": cfg.max_blend_ratio, "max_margin_p": cfg.max_margin_p, "max_asr": cfg.max_asr,
+                   "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "min_generative_asr": cfg.min_generative_asr, "nc_alone_threshold": cfg.nc_alone_threshold, "max_blend_ratio": cfg.max_blend_ratio, "max_all_to_all_ratio": cfg.max_all_to_all_ratio, "max_margin_p": cfg.max_margin_p, "max_asr": cfg.max_asr,
                    "reference_model": str(cfg.reference_model) if cfg.reference_model else None,
                    "trigger": str(cfg.trigger) if cfg.trigger else None},
         "versions": versions(),

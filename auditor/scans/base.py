@@ -29,11 +29,18 @@ class ScanThresholds:
     # generative scan's blend search: a class reached by a blend this share of the other classes' median alpha
     # (planted 10-25% blends: 0.1-0.25; the clean classes of every measured model: >= 0.5; docs/benchmarks.md, "Blend search")
     max_blend_ratio: float = 0.4
+    # generative scan's all-to-all search: one trigger whose mask is at most this share of the per-class NC median
+    # and that sends at least `min_all_to_all_flip` of held-out images to several other classes. The zoo's two
+    # all-to-all models scored 0.08-0.185 over seeds 0-2; every clean zoo model 0.91 or more; all-to-one models
+    # 0.80 or more but a Blended CIFAR CNN whose target the search was drawn into, 0.37 (docs/benchmarks.md,
+    # "All-to-all search"): 0.3 is 1.6x the highest all-to-all score, 1.2x under that Blended one, 3x under any clean one
+    max_all_to_all_ratio: float = 0.3
+    min_all_to_all_flip: float = 0.5
 
     @classmethod
     def from_config(cls, config) -> "ScanThresholds":
         return cls(config.anomaly_threshold, config.max_mask_ratio, config.min_generative_asr, config.nc_alone_threshold,
-                   config.max_margin_p, config.max_blend_ratio)
+                   config.max_margin_p, config.max_blend_ratio, config.max_all_to_all_ratio)
 
 
 # A titled group of pictures for the report: (title, [(caption, base64 PNG), ...]).

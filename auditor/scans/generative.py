@@ -9,8 +9,10 @@ with shuffled z'; maximising it keeps the distribution from collapsing to one tr
 are updated alternately. MESA assumes the target class and the patch size are known; an intake
 tool knows neither, so a Neural Cleanse pass ranks the candidate classes first and each candidate's
 NC mask gives the patch size and where to paste it (with jitter). Last, a warp search over every
-class (scans/warp.py) covers WaNet-style triggers and a blend search over every class
-(scans/blend.py) image-wide blended ones, which no small patch expresses well.
+class (scans/warp.py) covers WaNet-style triggers, a blend search over every class (scans/blend.py)
+image-wide blended ones, which no small patch expresses well, and an all-to-all search
+(scans/all_to_all.py) one trigger that sends each class to its own other class, which no per-class
+search sees.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from ..metrics import attack_success_rate
 from ..registry import SCANS
 from ..triggers import Trigger
+from .all_to_all import AllToAllSearch, all_to_all_search
 from .blend import LADDER, BlendSearch, blend_search
 from .neural_cleanse import NeuralCleanseParams, NeuralCleanseResult, _freeze, _restore, neural_cleanse
 from .warp import WarpSearch, warp_search
@@ -62,6 +65,12 @@ class GenerativeParams:
     blend_lr: float = 0.1
     blend_eval_samples: int = 250
     blend_asr: float = 0.8  # a class's blend score is the alpha at which its pattern reaches this held-out ASR
+    all_to_all_steps: int = 600  # 0: no all-to-all search (early-stopped: 90-230 steps on the zoo)
+    all_to_all_batch_size: int = 48
+    all_to_all_lr: float = 0.1
+    all_to_all_spread: float = 1.0  # weight of the batch's output entropy: keeps the search off one sink class
+    all_to_all_flip_rate: float = 0.8  # a step succeeds when this share of the batch leaves its own class ...
+    all_to_all_sink_share: float = 0.5  # ... and no destination takes more than this share of the flips
     seed: int = 0
 
     def __post_init__(self):
@@ -73,6 +82,10 @@ class GenerativeParams:
                 or not 0 < self.blend_asr <= 1:
             raise ValueError("generative: blend_steps >= 0, blend_batch_size >= 1, blend_eval_samples >= 1, a positive blend_lr "
                              "and blend_asr in (0, 1]")
+        if self.all_to_all_steps < 0 or self.all_to_all_batch_size < 2 or self.all_to_all_lr <= 0 or self.all_to_all_spread < 0 \
+                or not 0 < self.all_to_all_flip_rate <= 1 or not 0 < self.all_to_all_sink_share <= 1:
+            raise ValueError("generative: all_to_all_steps >= 0, all_to_all_batch_size >= 2, a positive all_to_all_lr, "
+                             "all_to_all_spread >= 0, all_to_all_flip_rate and all_to_all_sink_share in (0, 1]")
         if not 0 < self.mask_share <= 1:
             raise ValueError("generative: mask_share must be in (0, 1]")
 
@@ -142,6 +155,7 @@ class GenerativeResult(NeuralCleanseResult):
     distributions: list[CandidateDistribution] = field(default_factory=list)
     warp: WarpSearch | None = None
     blend: BlendSearch | None = None
+    all_to_all: AllToAllSearch | None = None
 
     def patch_hits(self, thresholds) -> list[CandidateDistribution]:
         """The candidate distributions whose sampled triggers reach the threshold, in NC order."""
@@ -159,6 +173,21 @@ class GenerativeResult(NeuralCleanseResult):
         """The classes an image-wide blend reaches at most `max_blend_ratio` of the other classes' median alpha."""
         return self.blend.hits(thresholds.max_blend_ratio) if self.blend is not None else []
 
+    def all_to_all_hits(self, thresholds) -> list[int]:
+        """When one small trigger sends most held-out images away from their own class to several classes:
+        those destination classes, the most flipped-into first (every class, for a y -> y + 1 backdoor)."""
+        a = self.all_to_all
+        if a is None or not a.hit(thresholds.max_all_to_all_ratio, thresholds.min_all_to_all_flip):
+            return []
+        dests = [d for d in a.mapping if d is not None]
+        return sorted(set(dests), key=lambda d: (-dests.count(d), d))
+
+    def all_to_all_trigger(self) -> Trigger:
+        """One Trigger object for every destination class, so the defense unlearns it once."""
+        if getattr(self, "_all_to_all_trigger", None) is None:
+            self._all_to_all_trigger = self.all_to_all.trigger()
+        return self._all_to_all_trigger
+
     def nc_alone_hits(self, thresholds) -> list[int]:
         """Classes whose NC mask is an outlier beyond `nc_alone_threshold` (and small against the median):
         evidence strong enough without a sampled patch or a warp (a blended or image-wide trigger that
@@ -171,12 +200,14 @@ class GenerativeResult(NeuralCleanseResult):
         pass's order (a naturally easy class such as Fashion-MNIST's Bag is also made by a large enough
         patch; its mask is not the outlier the backdoor's is); then the classes the warp search sends
         that share of held-out samples to, by that share; then the classes a blend reaches at a fraction
-        of the alpha the others need; then any class whose NC index alone is beyond `nc_alone_threshold`.
-        Below that the NC index only ranks."""
+        of the alpha the others need; then any class whose NC index alone is beyond `nc_alone_threshold`;
+        then, when one small trigger sends most images away from their own class to several others (an
+        all-to-all backdoor), the classes it sends them to. Below that the NC index only ranks."""
         hits = [d.target for d in self.patch_hits(thresholds)]
         hits += [c for c in self.warp_hits(thresholds) if c not in hits]
         hits += [c for c in self.blend_hits(thresholds) if c not in hits]
-        return hits + [c for c in self.nc_alone_hits(thresholds) if c not in hits]
+        hits += [c for c in self.nc_alone_hits(thresholds) if c not in hits]
+        return hits + [c for c in self.all_to_all_hits(thresholds) if c not in hits]
 
     def suspects(self, thresholds) -> list[int]:
         """The classes plain Neural Cleanse would flag (index above `anomaly_threshold`, small mask) that
@@ -195,6 +226,9 @@ class GenerativeResult(NeuralCleanseResult):
         sampled = [t for d in self.patch_hits(thresholds) if d.target == cls for t in d.triggers(input_shape)]
         warp = [self.warp.trigger(cls)] if cls in self.warp_hits(thresholds) else []
         blend = [self.blend.trigger(cls)] if cls in self.blend_hits(thresholds) else []
+        if not sampled and not warp and not blend and cls not in self.nc_alone_hits(thresholds) \
+                and cls in self.all_to_all_hits(thresholds):
+            return [self.all_to_all_trigger()]
         if not sampled and not warp and not blend:
             return nc
         return sampled + warp + blend + (nc if sampled else [])
@@ -213,6 +247,13 @@ class GenerativeResult(NeuralCleanseResult):
             return (f"class {label}: an image-wide pattern blended at alpha {b.alphas[cls]:.3f} sends {b.min_asr:.0%} of held-out "
                     f"samples to it, {b.ratio(cls):.2f} of the alpha the other classes need (median; flag at <= "
                     f"{thresholds.max_blend_ratio:g}: a Blended-style trigger)")
+        if cls not in self.nc_alone_hits(thresholds) and cls in self.all_to_all_hits(thresholds):
+            a = self.all_to_all
+            sources = [s for s, d in enumerate(a.mapping) if d == cls]
+            return (f"an all-to-all trigger: one mask of L1 {a.norm:.1f}, {a.ratio():.2f} of the per-class Neural Cleanse median "
+                    f"(flag at <= {thresholds.max_all_to_all_ratio:g}), sends {a.flip_rate:.0%} of held-out samples away from their "
+                    f"own class to {a.destinations} different classes; class {label} receives those of class(es) "
+                    f"{', '.join(map(str, sources))}")
         strong = replace(thresholds, anomaly_threshold=max(thresholds.anomaly_threshold, thresholds.nc_alone_threshold))
         return (super().evidence(cls, strong, label) + "; no sampled patch or warp reached the ASR flag, but a mask "
                 "this much smaller than the other classes' is a backdoor's on every model measured")
@@ -223,8 +264,18 @@ class GenerativeResult(NeuralCleanseResult):
         patch_targets = {d.target for d in self.patch_hits(thresholds)}
         warp_only = [c for c in self.warp_hits(thresholds) if c not in patch_targets]
         blend_only = [c for c in self.blend_hits(thresholds) if c not in patch_targets and c not in warp_only]
+        a2a_only = [c for c in self.all_to_all_hits(thresholds) if c not in patch_targets and c not in warp_only
+                     and c not in blend_only and c not in self.nc_alone_hits(thresholds)]
         groups = []
+        if a2a_only:
+            from ..report.images import trigger_pictures
+
+            a = self.all_to_all
+            groups.append((f"Recovered all-to-all trigger (flagged: sends {a.flip_rate:.0%} of held-out samples to "
+                           f"{a.destinations} other classes)", list(trigger_pictures(a.mask, a.pattern, example).items())))
         for c in classes:
+            if c in a2a_only:
+                continue
             if c in warp_only:
                 groups.append((f"Recovered warp for class {label(c)} (flagged; change amplified)",
                                list(applied_pictures(self.warp.trigger(c), example).items())))
@@ -248,6 +299,7 @@ class GenerativeResult(NeuralCleanseResult):
         out["generative"] = [d.summary() for d in self.distributions]
         out["warp"] = self.warp.summary() if self.warp is not None else None
         out["blend"] = self.blend.summary() if self.blend is not None else None
+        out["all_to_all"] = self.all_to_all.summary() if self.all_to_all is not None else None
         return out
 
 
@@ -354,10 +406,20 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
                 progress(f"blend search: every class, image-wide blends from alpha {LADDER[0]:g} up")
             blend = blend_search(handle, fit_x, eval_x, eval_y, steps=params.blend_steps, batch_size=params.blend_batch_size,
                                  lr=params.blend_lr, min_asr=params.blend_asr, eval_samples=params.blend_eval_samples, seed=params.seed)
+        all_to_all = None
+        if params.all_to_all_steps:
+            if progress:
+                progress("all-to-all search: one trigger that sends images away from their own class, to many classes")
+            all_to_all = all_to_all_search(
+                handle, fit_x, eval_x, reference_norm=float(torch.tensor(nc.norms).median()), steps=params.all_to_all_steps,
+                batch_size=params.all_to_all_batch_size, lr=params.all_to_all_lr, init_cost=nc_params.init_cost,
+                spread=params.all_to_all_spread, flip_rate=params.all_to_all_flip_rate, max_sink_share=params.all_to_all_sink_share,
+                patience=nc_params.patience, early_stop_patience=nc_params.early_stop_patience,
+                eval_samples=params.asr_eval_samples, seed=params.seed, init_mask=nc.masks.mean(0))
     finally:
         _restore(handle.module, flags)
     fields_ = {k: getattr(nc, k) for k in NeuralCleanseResult.__dataclass_fields__}
-    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend)
+    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend, all_to_all=all_to_all)
     result.method = "generative"
     result.extra = {"generative_params": asdict(params)}
     result.seconds = time.perf_counter() - start
@@ -378,24 +440,26 @@ class GenerativeScanParams:
         """At most this many images forward and backward: the NC pass, each candidate's generator, the warp search."""
         g = self.generative
         return (self.nc.image_passes(num_classes) + min(g.candidates, num_classes) * g.steps * g.batch_size
-                + g.warp_steps * num_classes * g.warp_batch_size + len(LADDER) * g.blend_steps * num_classes * g.blend_batch_size)
+                + g.warp_steps * num_classes * g.warp_batch_size + len(LADDER) * g.blend_steps * num_classes * g.blend_batch_size
+                + g.all_to_all_steps * g.all_to_all_batch_size)
 
 
 @SCANS.register(
     "generative",
     "Neural Cleanse ranking, a learned distribution of patch triggers (MESA/BAERASE) for the top candidates, a warp search "
-    "and a blend search over every class",
+    "and a blend search over every class, and an all-to-all search (one trigger sending each class elsewhere)",
     params={**{f"nc_{k}": v for k, v in asdict(NeuralCleanseParams()).items() if k != "seed"},
             **{k: v for k, v in asdict(GenerativeParams()).items() if k != "seed"}},
     limits=("Searches the NC pass's top `candidates` classes for a distribution of small patch triggers, and every class "
-            "for a smooth warp of at most `warp_strength` pixels (WaNet-style) and for the weakest image-wide blend (Blended-style). "
-            "Not detected on the project's zoo (docs/benchmarks.md, Scans): an all-to-all backdoor (every class sent to another); "
+            "for a smooth warp of at most `warp_strength` pixels (WaNet-style) and for the weakest image-wide blend (Blended-style), "
+            "and for one small trigger that sends most images to several other classes (all-to-all: flags the classes it sends them to). "
+            "Not detected on the project's zoo (docs/benchmarks.md, Scans): "
             "a strong blend (25% of a high-contrast pattern) that the task's own classes need nearly as much of; a patch target that the NC pass "
             "ranks below the candidates is not examined; a pass does not rule those out. A class that is naturally "
             "easy to reach with a patch can be flagged on a clean model (Fashion-MNIST's Bag on one of six clean zoo "
             "models): look at its recovered triggers before calling it a backdoor."),
     params_type=GenerativeScanParams,
-    quick={"nc_max_steps": 3, "candidates": 1, "steps": 2, "samples": 2, "warp_steps": 2, "blend_steps": 2, "asr_eval_samples": 50, "blend_eval_samples": 50,
+    quick={"nc_max_steps": 3, "candidates": 1, "steps": 2, "samples": 2, "warp_steps": 2, "blend_steps": 2, "all_to_all_steps": 2, "asr_eval_samples": 50, "blend_eval_samples": 50,
            "nc_asr_eval_samples": 50},
     invalid={"nc_max_steps": -1},
 )
