@@ -223,8 +223,8 @@ def anomaly_chart(result: dict) -> str:
                  f"Flagged: {flagged_names}. " + "; ".join(desc) + ".")
     caption = (f"{title}: how much smaller than the median class's trigger mask each class's recovered mask is. "
                f"Dashed lines: {rules or 'no threshold'}"
-               + (" (the generative scan flags a class by its sampled triggers or warp, or by this index alone above "
-                  "the second line)" if alone is not None else "")
+               + (" (the generative scan flags a class by its sampled triggers, warp, blend or all-to-all trigger, or by "
+                  "this index alone above the second line)" if alone is not None else "")
                + f". Flagged classes are red and labelled \"flagged\": {flagged_names}."
                + (" Thin dark bars: the same scan on the repaired model." if has_after else "")
                + (f" Showing {len(rows)} of {n} classes: the flagged ones and the highest indexes."

@@ -354,7 +354,8 @@ def _scan_section(result: dict) -> str:
     verdict = (f"flagged above {threshold:g} when the mask is also at most {result['config']['max_mask_ratio']:g} × "
                f"the median mask" if not generative else
                f"here it ranks the classes, and flags one by itself only above {result['config'].get('nc_alone_threshold', 6.0):g}: "
-               "the generative scan flags a class by its sampled triggers or its warp (below). When some class is flagged, "
+               "the generative scan flags a class by its sampled triggers, its warp, its blend or an all-to-all trigger (below). "
+               "When some class is flagged, "
                f"a class above {threshold:g} with a small mask that is not flagged is suspected, and the defense unlearns its trigger too")
     return (f"<h3>Trigger scan: {escape(scan['method'])}</h3>"
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
