@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..triggers import Trigger
 
+STRONGER_BLEND = 2.0  # the defense also unlearns the recovered pattern at this multiple of its alpha (triggers())
 LADDER = (0.02, 0.03, 0.045, 0.065, 0.09, 0.13, 0.18, 0.25, 0.35)
 
 
@@ -57,6 +58,14 @@ class BlendSearch:
         """The classes reached by a blend at most `max_ratio` of the others' median alpha, weakest blend first."""
         found = [c for c in range(len(self.alphas)) if self.ratio(c) <= max_ratio]
         return sorted(found, key=self.ratio)
+
+    def triggers(self, cls: int) -> list[Trigger]:
+        """The recovered blend at the alpha it reached, and the same pattern at STRONGER_BLEND times that
+        alpha: the planted blend is stronger than the weakest one that works (15% on the zoo's Blended
+        model, found at 0.065), and unlearning only the weak copy left 6.8-10.9% true ASR on it over seeds
+        0-2; with the stronger copy too, 3.9-5.4% (docs/benchmarks.md, "Trigger recovered by the scan")."""
+        weak = self.trigger(cls)
+        return [weak, Trigger(weak.mask.mul(STRONGER_BLEND).clamp(max=1), weak.pattern, cls, "recovered", kind="blend")]
 
     def trigger(self, cls: int) -> Trigger:
         # the rung the pattern was last optimised and measured at (the interpolated alpha is only the score)

@@ -225,7 +225,7 @@ class GenerativeResult(NeuralCleanseResult):
         nc = super().triggers(cls, input_shape, thresholds)
         sampled = [t for d in self.patch_hits(thresholds) if d.target == cls for t in d.triggers(input_shape)]
         warp = [self.warp.trigger(cls)] if cls in self.warp_hits(thresholds) else []
-        blend = [self.blend.trigger(cls)] if cls in self.blend_hits(thresholds) else []
+        blend = self.blend.triggers(cls) if cls in self.blend_hits(thresholds) else []
         if not sampled and not warp and not blend and cls not in self.nc_alone_hits(thresholds) \
                 and cls in self.all_to_all_hits(thresholds):
             return [self.all_to_all_trigger()]
