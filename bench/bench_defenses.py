@@ -58,8 +58,8 @@ def recovered_asr(handle, data, triggers) -> float:
     """Mean ASR of (at most 16 of) the recovered triggers on the evaluation samples."""
     from auditor.metrics import attack_success_rate
 
-    rates = [attack_success_rate(handle.predict(t.apply(data.x)), data.y,
-                                 t.target if t.target is not None else t.target_labels(data.y, handle.num_classes)) for t in triggers[:16]]
+    rates = [attack_success_rate(handle.predict(t.apply(data.x)), data.y, t.target_labels(data.y, handle.num_classes))
+             for t in triggers[:16]]
     return sum(rates) / len(rates)
 
 

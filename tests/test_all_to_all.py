@@ -9,7 +9,7 @@ import torch
 from conftest import CLEAN_PT, FIXTURES, run_auditor
 from auditor.metrics import attack_success_rate
 from auditor.scans.all_to_all import all_to_all_search
-from auditor.scans.neural_cleanse import _freeze, _restore
+from auditor.scans.neural_cleanse import NeuralCleanseParams, _freeze, _restore
 from auditor.triggers import Trigger, load_trigger
 
 ALL2ALL_PT = FIXTURES / "zoo" / "badnets_all2all.pt"
@@ -20,8 +20,8 @@ def _search(handle, split, reference_norm=40.0):
     flags = _freeze(handle.module)
     try:
         return all_to_all_search(handle, split.fit.x, split.eval.x, reference_norm=reference_norm, steps=600, batch_size=48,
-                                 lr=0.1, init_cost=1e-3, spread=1.0, flip_rate=0.8, max_sink_share=0.5, patience=5,
-                                 early_stop_patience=40, eval_samples=300, seed=0)
+                                 lr=0.1, schedule=NeuralCleanseParams(), spread=1.0, flip_rate=0.8, max_sink_share=0.5,
+                                 eval_samples=300, seed=0)
     finally:
         _restore(handle.module, flags)
 
@@ -34,7 +34,7 @@ def test_recovers_the_all_to_all_trigger_and_its_mapping(load, fmnist_split10):
     assert sum(d == (s + 1) % 10 for s, d in enumerate(found.mapping)) >= 8
     assert found.flip_rate >= 0.5 and found.destinations >= 5
     assert found.hit(0.3, 0.5)
-    rule = found.trigger()
+    rule = found.trigger
     assert rule.target is None and rule.target_labels(torch.tensor([0, 3, 9]), 10).tolist() == [found.mapping[i] for i in (0, 3, 9)]
 
 

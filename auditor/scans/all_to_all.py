@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
 from ..triggers import Trigger
+from .neural_cleanse import NeuralCleanseParams
 
 
 @dataclass
@@ -52,7 +54,9 @@ class AllToAllSearch:
         `min_flip` of held-out images, spread over several destinations."""
         return self.ratio() <= max_ratio and self.flip_rate >= min_flip and self.destinations >= 3
 
+    @cached_property
     def trigger(self) -> Trigger:
+        """One object for every class it flags, so the defense unlearns it once."""
         mapping = tuple(-1 if d is None else d for d in self.mapping)
         return Trigger(self.mask.clone(), self.pattern.clone(), None, "recovered", kind="all-to-all", mapping=mapping)
 
@@ -64,9 +68,10 @@ class AllToAllSearch:
 
 
 def all_to_all_search(handle, fit_x, eval_x, *, reference_norm: float, steps: int, batch_size: int, lr: float,
-                      init_cost: float, spread: float, flip_rate: float, max_sink_share: float, patience: int,
-                      early_stop_patience: int, eval_samples: int, seed: int, init_mask: torch.Tensor | None = None) -> AllToAllSearch:
-    """The model's parameters must already be frozen (the caller's scan does that). `init_mask` (1 x H x W
+                      schedule: NeuralCleanseParams, spread: float, flip_rate: float, max_sink_share: float,
+                      eval_samples: int, seed: int, init_mask: torch.Tensor | None = None) -> AllToAllSearch:
+    """The model's parameters must already be frozen (the caller's scan does that). `schedule` supplies Neural
+    Cleanse's lambda schedule and early stopping (init_cost, cost_up/down, patience, early_stop_*). `init_mask` (1 x H x W
     in [0, 1]) starts the mask there instead of near zero everywhere: the generative scan passes the mean
     of the per-class Neural Cleanse masks, where an all-to-all trigger shows in every class's mask (each
     class is some other class's destination). From a near-empty mask, one seed of three on the CIFAR-style
@@ -85,7 +90,7 @@ def all_to_all_search(handle, fit_x, eval_x, *, reference_norm: float, steps: in
     x_fit = fit_x.to(device)
     with torch.no_grad():
         own = handle.logits(x_fit).argmax(1).to(device)
-    cost, up, down, since_best, done = init_cost, 0, 0, 0, 0
+    cost, up, down, since_best, done = schedule.init_cost, 0, 0, 0, 0
     best_norm, best_mask, best_pattern = math.inf, None, None
     for step in range(steps):
         pick = torch.randint(len(x_fit), (batch_size,), generator=gen).to(device)
@@ -108,17 +113,17 @@ def all_to_all_search(handle, fit_x, eval_x, *, reference_norm: float, steps: in
             success = flipped.float().mean().item() >= flip_rate and share <= max_sink_share
             norm = l1.item()
             if success and norm < best_norm:
-                since_best = 0 if norm < best_norm * 0.99 else since_best + 1
+                since_best = 0 if norm < best_norm * (1 - schedule.early_stop_min_delta) else since_best + 1
                 best_norm, best_mask, best_pattern = norm, mask.detach().clone(), pattern.detach().clone()
             else:
                 since_best += 1
         # Neural Cleanse's schedule: raise lambda after `patience` successes in a row, lower it after as many failures
         up, down = (up + 1, 0) if success else (0, down + 1)
-        if up >= patience:
-            cost, up = (cost * 1.5 if cost > 0 else init_cost), 0
-        elif down >= patience:
-            cost, down = cost / 1.5 ** 1.5, 0
-        if best_mask is not None and since_best >= early_stop_patience:
+        if up >= schedule.patience:
+            cost, up = (cost * schedule.cost_up if cost > 0 else schedule.init_cost), 0
+        elif down >= schedule.patience:
+            cost, down = cost / schedule.cost_down, 0
+        if best_mask is not None and since_best >= schedule.early_stop_patience:
             break
     if best_mask is None:
         best_mask = ((torch.tanh(mask_raw) + 1) / 2).detach()
@@ -128,7 +133,7 @@ def all_to_all_search(handle, fit_x, eval_x, *, reference_norm: float, steps: in
     ex = eval_x[pick]
     with torch.no_grad():
         before = handle.predict(ex, backend="torch")
-        after = handle.predict((1 - mask) * ex + mask * pattern, backend="torch")
+        after = handle.predict(Trigger(mask, pattern, None, "recovered").apply(ex), backend="torch")
     flipped = after != before
     counts = after[flipped].bincount(minlength=k)
     n_flipped = int(flipped.sum())

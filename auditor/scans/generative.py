@@ -182,12 +182,6 @@ class GenerativeResult(NeuralCleanseResult):
         dests = [d for d in a.mapping if d is not None]
         return sorted(set(dests), key=lambda d: (-dests.count(d), d))
 
-    def all_to_all_trigger(self) -> Trigger:
-        """One Trigger object for every destination class, so the defense unlearns it once."""
-        if getattr(self, "_all_to_all_trigger", None) is None:
-            self._all_to_all_trigger = self.all_to_all.trigger()
-        return self._all_to_all_trigger
-
     def nc_alone_hits(self, thresholds) -> list[int]:
         """Classes whose NC mask is an outlier beyond `nc_alone_threshold` (and small against the median):
         evidence strong enough without a sampled patch or a warp (a blended or image-wide trigger that
@@ -228,7 +222,7 @@ class GenerativeResult(NeuralCleanseResult):
         blend = self.blend.triggers(cls) if cls in self.blend_hits(thresholds) else []
         if not sampled and not warp and not blend and cls not in self.nc_alone_hits(thresholds) \
                 and cls in self.all_to_all_hits(thresholds):
-            return [self.all_to_all_trigger()]
+            return [self.all_to_all.trigger]
         if not sampled and not warp and not blend:
             return nc
         return sampled + warp + blend + (nc if sampled else [])
@@ -412,9 +406,8 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
                 progress("all-to-all search: one trigger that sends images away from their own class, to many classes")
             all_to_all = all_to_all_search(
                 handle, fit_x, eval_x, reference_norm=float(torch.tensor(nc.norms).median()), steps=params.all_to_all_steps,
-                batch_size=params.all_to_all_batch_size, lr=params.all_to_all_lr, init_cost=nc_params.init_cost,
+                batch_size=params.all_to_all_batch_size, lr=params.all_to_all_lr, schedule=nc_params,
                 spread=params.all_to_all_spread, flip_rate=params.all_to_all_flip_rate, max_sink_share=params.all_to_all_sink_share,
-                patience=nc_params.patience, early_stop_patience=nc_params.early_stop_patience,
                 eval_samples=params.asr_eval_samples, seed=params.seed, init_mask=nc.masks.mean(0))
     finally:
         _restore(handle.module, flags)
