@@ -58,8 +58,8 @@ class AuditConfig:
     max_file_bytes: int = 4 * 2**30
     device: str = "auto"  # auto | cpu | cuda | cuda:N; checked against the machine when the model loads
     # float32 | auto | bfloat16: how scans run their optimisation passes (auditor/compute.py). Not auto by
-    # default yet: bfloat16 lost a target the NC ranking only just held with two generator candidates, and
-    # has not been run over the whole zoo with three (docs/benchmarks.md, "Scan compute mode")
+    # default: its scan verdicts match float32's over the zoo, but in whole audits it flagged a naturally
+    # easy class more often and the repair then cost that class more (docs/benchmarks.md, "Whole default audits")
     scan_precision: str = "float32"
     quiet: bool = False
 
