@@ -1,5 +1,6 @@
 """The unlearning pipeline every caller shares: the defense on its share of the fit samples, then the
-repair step (each with its own target-class recalibration), timed as one.
+repair step (each with its own target-class recalibration), timed as one. Recovered patch triggers that
+work anywhere in the image are unlearned at other places too (defenses/anywhere.py).
 
 The session writes the result to files and audits them again; the benchmarks measure it in memory.
 Both get the same models from the same seed because both call this.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from ..data import ImageSet
 from ..model import ModelHandle
 from ..registry import DEFENSES
+from .anywhere import with_moved_copies
 from .base import DefenseOutcome
 from .repair import RepairParams, defense_share, repair
 
@@ -35,7 +37,10 @@ def unlearn(handle: ModelHandle, fit: ImageSet, triggers: list, defense: str, de
         progress(f"{entry.name}: {len(defense_fit)} of the {len(fit)} clean samples"
                  + (" (the rest checks the repair)" if repair_on else ""))
     start = time.perf_counter()
+    triggers, anywhere = with_moved_copies(handle, fit, triggers, seed, progress)
     outcome = entry.factory(handle, defense_fit, triggers, defense_params, seed, progress)
+    if anywhere:
+        outcome.stats["anywhere"] = anywhere
     final, stats = outcome.handle, None
     if repair_on:
         targets = [t.target for t in triggers if t.target is not None]

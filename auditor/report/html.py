@@ -417,6 +417,10 @@ def _defense_summary(defense: dict) -> str:
     if "synthesized_images" in stats:
         parts.append(f"{stats['iterations']} iterations on {stats['synthesized_images']:,} generated images "
                      f"(patch search {stats['patch_side']}×{stats['patch_side']})")
+    for cls, moved in (stats.get("anywhere") or {}).items():
+        rates = ", ".join(f"{kind} {rate:.0%}" for kind, rate in moved["moved_asr"].items())
+        parts.append(f"class {cls}'s recovered patches moved elsewhere still sent fit samples there ({rates}): "
+                     + (f"works anywhere, {moved['added']} moved copies unlearned too" if moved["added"] else "only where found"))
     if recalibrated := _recalibration(stats):
         folds = stats["recalibration"].get("folds")
         parts.append(recalibrated + f" (the target margin the edit took on the fit samples each of {folds} edits left out)")
