@@ -5,9 +5,9 @@ backdoor planted at random places in each poisoned image answers its pattern whe
 unlearning the recovered copy at that one place left most of it working (`checker_rand_t2`, a 4x4
 checkerboard planted anywhere: true ASR 98.6% -> 66.9% after repair; docs/benchmarks.md). So before
 unlearning, each recovered patch is moved to other places on the clean fit samples; where the moved
-copies still send most of them to the target, the trigger works anywhere and its moved copies are
-unlearned too. A patch that only works where it was planted (the zoo's BadNets models) adds nothing:
-its moved copies fail this test, and the defense sees the same triggers as before.
+copies still send most of them to the target, the trigger works anywhere: the kind of recovered patch
+that moves best is unlearned where found and at other places. A patch that only works where it was
+planted (the zoo's BadNets models) fails this test, and the defense sees the same triggers as before.
 """
 
 from __future__ import annotations
@@ -54,16 +54,20 @@ def moved(t: Trigger, gen: torch.Generator, count: int) -> list[Trigger]:
 
 
 def with_moved_copies(handle, fit, triggers: list, seed: int, progress=None) -> tuple[list, dict]:
-    """`triggers` plus SHIFTS moved copies of every recovered patch trigger of each target whose moved
-    triggers (of either kind: the generator's sampled patches, NC's mask) send at least ANYWHERE_ASR of
-    the fit samples not of the target there; and what was measured, per target: {"moved_asr" per kind, "added"}.
-    Every kind of the target is moved once one kind works anywhere: the defense unlearns one kind
-    (activation-edit: NC's mask), which need not be the one the test measured best."""
+    """The triggers to unlearn, and what was measured per target: {"moved_asr" per kind, "added", "kind"}.
+
+    A target whose recovered patches of some kind (the generator's samples, NC's mask) still send at
+    least ANYWHERE_ASR of the fit samples not of the target there when moved works anywhere. Its
+    patches of the kind whose moved copies did best stand in for it, with SHIFTS moved copies of each;
+    its other patch kind is dropped, since the defense would otherwise pick one by a rule made for
+    triggers that stay where they were planted (activation-edit: NC's mask, 43% when moved against
+    the generator's 97% on `checker_rand_t2`). Other triggers and targets are returned as given."""
     gen = torch.Generator().manual_seed(seed + 29)
     groups: dict[int, dict[str, list[Trigger]]] = {}
     for t in triggers:
         if _movable(t):
             groups.setdefault(t.target, {}).setdefault(t.kind, []).append(t)
+    dropped: set[int] = set()  # id() of the triggers replaced by a better-moving kind
     added, report = [], {}
     for target, kinds in groups.items():
         others = fit.x[fit.y != target]
@@ -78,12 +82,19 @@ def with_moved_copies(handle, fit, triggers: list, seed: int, progress=None) -> 
                                       for m in tests) / len(tests)
         if not rates:
             continue
-        works = max(rates.values()) >= ANYWHERE_ASR
-        copies = [m for group in kinds.values() for t in group for m in moved(t, gen, SHIFTS)] if works else []
+        best = max(rates, key=rates.get)
+        works = rates[best] >= ANYWHERE_ASR
+        copies = []
+        if works:
+            copies = [m for t in kinds[best] for m in moved(t, gen, SHIFTS)]
+            dropped |= {id(t) for kind, group in kinds.items() if kind != best for t in group}
         added += copies
         report[str(target)] = {"moved_asr": {k: round(v, 4) for k, v in rates.items()}, "added": len(copies)}
+        if works:
+            report[str(target)]["kind"] = best
         if progress:
             said = ", ".join(f"{k} {v:.0%}" for k, v in rates.items())
             progress(f"class {target}: its recovered patches moved elsewhere still send fit samples there ({said})"
-                     + (f": works anywhere, {len(copies)} moved copies unlearned too" if works else ": only where found"))
-    return triggers + added, report
+                     + (f": works anywhere, its {best} patches unlearned here and at {len(copies)} other places"
+                        if works else ": only where found"))
+    return [t for t in triggers if id(t) not in dropped] + added, report
