@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..metrics import attack_success_rate
 from ..triggers import Trigger
 
 SHIFTS = 8  # moved copies tested per trigger, and added per trigger that works anywhere
@@ -70,16 +71,14 @@ def with_moved_copies(handle, fit, triggers: list, seed: int, progress=None) -> 
     dropped: set[int] = set()  # id() of the triggers replaced by a better-moving kind
     added, report = [], {}
     for target, kinds in groups.items():
-        others = fit.x[fit.y != target]
-        if len(others) == 0:
+        if not (fit.y != target).any():
             continue
         rates = {}
         for kind, group in kinds.items():
             tests = [m for t in group[:TESTED] for m in moved(t, gen, SHIFTS)]
             if tests:
-                with torch.no_grad():
-                    rates[kind] = sum(float((handle.predict(m.apply(others), backend="torch") == target).float().mean())
-                                      for m in tests) / len(tests)
+                rates[kind] = sum(attack_success_rate(handle.predict(m.apply(fit.x), backend="torch"), fit.y, target)
+                                  for m in tests) / len(tests)
         if not rates:
             continue
         best = max(rates, key=rates.get)
