@@ -230,3 +230,30 @@ def test_blend_search_singles_out_the_blended_target_and_no_clean_class(load, cl
     clean = _blend(clean_handle, fmnist_split10)
     assert clean.hits(limit) == [], clean.summary()
     assert all(r > limit for r in clean.summary()["ratio"] if r is not None), clean.summary()
+
+
+def test_a_blend_ratio_above_the_flag_fails_only_when_maximum_margin_names_the_same_class():
+    """The CIFAR-stem ResNet-18's face blend (ratio 0.46-0.48, MM-BD p 2e-5) is flagged; Bag on clean small CNNs
+    (MM-BD p down to 2e-11 but blend ratio 0.649 or more) and a borderline class MM-BD does not name are not."""
+    from auditor.scans.base import ScanThresholds
+    from auditor.scans.blend import BlendSearch
+    from auditor.scans.generative import GenerativeResult
+
+    def result(alphas, margins, p):
+        blend = BlendSearch(torch.zeros(len(alphas), 1, 2, 2), alphas, [[0.9]] * len(alphas), (0.1,), 0.8, 1, 0.0)
+        r = GenerativeResult.__new__(GenerativeResult)
+        r.blend, r.margins, r.margin_rule, r.distributions, r.warp, r.all_to_all = blend, margins, (0.6, 0.001), [], None, None
+        r.margin_top, r.margin_p = max(range(len(margins)), key=margins.__getitem__), p
+        return r
+
+    t = ScanThresholds()
+    alphas = [0.12, 0.12, 0.07, 0.057, 0.094, None, 0.07, None, 0.09, None]
+    face = result(alphas, [10.6, 24.9, 14.9, 49.2, 14.0, 26.2, 15.9, 16.5, 20.5, 18.4], 1.9e-5)
+    assert t.max_blend_ratio < face.blend.ratio(3) <= 0.6 and face.blend_hits(t) == [3]
+    assert "MM-BD p = 1.9e-05" in face.evidence(3, t, "3")
+    weak = result(alphas, face.margins, 0.01)  # MM-BD not sure enough
+    assert weak.blend_hits(t) == []
+    other = result(alphas, [10.6, 24.9, 14.9, 14.0, 14.0, 26.2, 15.9, 16.5, 49.2, 18.4], 1e-9)  # names a class whose ratio is 0.72
+    assert other.margin_top == 8 and other.blend.ratio(8) > 0.6 and other.blend_hits(t) == []
+    flagged_anyway = result([0.02] + alphas[1:], face.margins, 0.5)  # a ratio under the flag needs no corroboration
+    assert flagged_anyway.blend_hits(t) == [0]

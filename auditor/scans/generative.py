@@ -30,6 +30,7 @@ from ..registry import SCANS
 from ..triggers import Trigger
 from .all_to_all import AllToAllSearch, all_to_all_search
 from .blend import LADDER, BlendSearch, blend_search
+from .max_margin import MaxMarginParams, max_of_null_p_value, maximum_margins
 from .neural_cleanse import NeuralCleanseParams, NeuralCleanseResult, _freeze, _restore, neural_cleanse
 from .warp import WarpSearch, warp_search
 
@@ -65,6 +66,15 @@ class GenerativeParams:
     blend_lr: float = 0.1
     blend_eval_samples: int = 250
     blend_asr: float = 0.8  # a class's blend score is the alpha at which its pattern reaches this held-out ASR
+    # A class whose blend ratio is above the flag but at most `margin_blend_ratio` is flagged when MM-BD
+    # (max_margin.py) independently names it with p < `margin_p`: on a CIFAR-stem ResNet-18 every class is
+    # reached by small blends and a 20% face blend's target scored 0.46-0.48 (passed), MM-BD p 2e-5; on
+    # 19 clean runs MM-BD's top class (Bag, p down to 2e-11) never had a blend ratio under 0.649
+    # (docs/benchmarks.md, "Blend search corroborated by maximum margin"). MM-BD runs only then.
+    margin_blend_ratio: float = 0.6  # 0: never run MM-BD
+    margin_p: float = 0.001
+    margin_starts: int = 8
+    margin_steps: int = 300
     all_to_all_steps: int = 600  # 0: no all-to-all search (early-stopped: 90-230 steps on the zoo)
     all_to_all_batch_size: int = 48
     all_to_all_lr: float = 0.1
@@ -74,6 +84,8 @@ class GenerativeParams:
     seed: int = 0
 
     def __post_init__(self):
+        if self.margin_blend_ratio < 0 or not 0 < self.margin_p <= 1 or self.margin_starts < 1 or self.margin_steps < 1:
+            raise ValueError("generative: margin_blend_ratio >= 0, margin_p in (0, 1], margin_starts and margin_steps >= 1")
         if self.candidates < 1 or self.steps < 1 or self.batch_size < 2 or self.samples < 1:
             raise ValueError("generative: candidates, steps, samples >= 1 and batch_size >= 2")
         if self.warp_steps < 0 or self.warp_batch_size < 1 or self.warp_strength <= 0 or self.warp_grid < 2 or self.warp_lr <= 0:
@@ -156,6 +168,18 @@ class GenerativeResult(NeuralCleanseResult):
     warp: WarpSearch | None = None
     blend: BlendSearch | None = None
     all_to_all: AllToAllSearch | None = None
+    margins: list[float] | None = None  # MM-BD's per-class largest margins, when a blend ratio called for it
+    margin_top: int | None = None
+    margin_p: float | None = None
+    margin_rule: tuple[float, float] = (0.6, 0.001)  # (blend ratio at most, MM-BD p below) that flags together
+
+    def margin_corroborated(self, thresholds) -> list[int]:
+        """The class MM-BD names with p below the rule's, when its blend ratio is above the flag but within the rule's."""
+        c = self.margin_top
+        if self.blend is None or c is None or self.margin_p >= self.margin_rule[1]:
+            return []
+        ratio = self.blend.ratio(c)
+        return [c] if thresholds.max_blend_ratio < ratio <= self.margin_rule[0] else []
 
     def patch_hits(self, thresholds) -> list[CandidateDistribution]:
         """The candidate distributions whose sampled triggers reach the threshold, in NC order."""
@@ -171,7 +195,10 @@ class GenerativeResult(NeuralCleanseResult):
 
     def blend_hits(self, thresholds) -> list[int]:
         """The classes an image-wide blend reaches at most `max_blend_ratio` of the other classes' median alpha."""
-        return self.blend.hits(thresholds.max_blend_ratio) if self.blend is not None else []
+        if self.blend is None:
+            return []
+        hits = self.blend.hits(thresholds.max_blend_ratio)
+        return hits + [c for c in self.margin_corroborated(thresholds) if c not in hits]
 
     def all_to_all_hits(self, thresholds) -> list[int]:
         """When one small trigger sends most held-out images away from their own class to several classes:
@@ -236,6 +263,13 @@ class GenerativeResult(NeuralCleanseResult):
         if cls in self.warp_hits(thresholds):
             return (f"class {label}: a smooth warp of at most {self.warp.strength:g} px sends {self.warp.asr[cls]:.0%} "
                     f"of held-out samples to it (>= {thresholds.min_generative_asr:.0%}; a WaNet-style trigger)")
+        if cls in self.margin_corroborated(thresholds) and cls not in self.blend.hits(thresholds.max_blend_ratio):
+            b, others = self.blend, sorted(m for k, m in enumerate(self.margins) if k != cls)
+            return (f"class {label}: an image-wide pattern blended at alpha {b.alphas[cls]:.3f} sends {b.min_asr:.0%} of held-out "
+                    f"samples to it, {b.ratio(cls):.2f} of the alpha the other classes need (above the {thresholds.max_blend_ratio:g} "
+                    f"flag alone, within {self.margin_rule[0]:g}), and independently its largest reachable logit margin "
+                    f"{self.margins[cls]:.1f} is an outlier (others {others[0]:.1f}-{others[-1]:.1f}; MM-BD p = {self.margin_p:.2g} "
+                    f"< {self.margin_rule[1]:g}): a Blended-style trigger on a model that small blends reach easily")
         if cls in self.blend_hits(thresholds):
             b = self.blend
             return (f"class {label}: an image-wide pattern blended at alpha {b.alphas[cls]:.3f} sends {b.min_asr:.0%} of held-out "
@@ -294,6 +328,9 @@ class GenerativeResult(NeuralCleanseResult):
         out["warp"] = self.warp.summary() if self.warp is not None else None
         out["blend"] = self.blend.summary() if self.blend is not None else None
         out["all_to_all"] = self.all_to_all.summary() if self.all_to_all is not None else None
+        out["blend_margin"] = None if self.margins is None else {
+            "margins": [round(m, 3) for m in self.margins], "top": self.margin_top, "p_value": float(f"{self.margin_p:.3g}"),
+            "rule": {"max_blend_ratio": self.margin_rule[0], "max_p_value": self.margin_rule[1]}}
         return out
 
 
@@ -409,10 +446,21 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
                 batch_size=params.all_to_all_batch_size, lr=params.all_to_all_lr, schedule=nc_params,
                 spread=params.all_to_all_spread, flip_rate=params.all_to_all_flip_rate, max_sink_share=params.all_to_all_sink_share,
                 eval_samples=params.asr_eval_samples, seed=params.seed, init_mask=nc.masks.mean(0))
+        margins = None
+        if blend is not None and params.margin_blend_ratio > 0 and \
+                min(blend.ratio(c) for c in range(handle.num_classes)) <= params.margin_blend_ratio:
+            if progress:
+                progress("maximum margin (MM-BD): a class is reached by blends more easily than most; is its margin an outlier too")
+            margins = maximum_margins(handle, MaxMarginParams(starts=params.margin_starts, steps=params.margin_steps,
+                                                              seed=params.seed), progress)
     finally:
         _restore(handle.module, flags)
     fields_ = {k: getattr(nc, k) for k in NeuralCleanseResult.__dataclass_fields__}
-    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend, all_to_all=all_to_all)
+    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend, all_to_all=all_to_all,
+                              margin_rule=(params.margin_blend_ratio, params.margin_p))
+    if margins is not None:
+        result.margins = margins
+        result.margin_top, result.margin_p = max_of_null_p_value(margins)
     result.method = "generative"
     result.extra = {"generative_params": asdict(params)}
     result.seconds = time.perf_counter() - start
@@ -434,7 +482,8 @@ class GenerativeScanParams:
         g = self.generative
         return (self.nc.image_passes(num_classes) + min(g.candidates, num_classes) * g.steps * g.batch_size
                 + g.warp_steps * num_classes * g.warp_batch_size + len(LADDER) * g.blend_steps * num_classes * g.blend_batch_size
-                + g.all_to_all_steps * g.all_to_all_batch_size)
+                + g.all_to_all_steps * g.all_to_all_batch_size
+                + (num_classes * g.margin_starts * g.margin_steps if g.margin_blend_ratio > 0 else 0))
 
 
 @SCANS.register(
@@ -452,7 +501,7 @@ class GenerativeScanParams:
             "easy to reach with a patch can be flagged on a clean model (Fashion-MNIST's Bag on one of six clean zoo "
             "models): look at its recovered triggers before calling it a backdoor."),
     params_type=GenerativeScanParams,
-    quick={"nc_max_steps": 3, "candidates": 1, "steps": 2, "samples": 2, "warp_steps": 2, "blend_steps": 2, "all_to_all_steps": 2, "asr_eval_samples": 50, "blend_eval_samples": 50,
+    quick={"nc_max_steps": 3, "candidates": 1, "steps": 2, "samples": 2, "warp_steps": 2, "blend_steps": 2, "margin_steps": 2, "margin_starts": 1, "all_to_all_steps": 2, "asr_eval_samples": 50, "blend_eval_samples": 50,
            "nc_asr_eval_samples": 50},
     invalid={"nc_max_steps": -1},
 )
