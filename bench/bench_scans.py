@@ -49,16 +49,28 @@ def transfer(session, result, reference: Path) -> list[str]:
     return out
 
 
-def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: str = "-", precision: str = "float32",
-            scan_params: str = "{}") -> dict:
-    """Child process: one scan of one model; prints a JSON line."""
+def open_session(model: str, scan: str, per_class: int, seed: int, data: str | None = None):
+    """The session `auditor scan MODEL --scan SCAN [--data DATA]` would prepare: model loaded, data split (quietly)."""
+    from dataclasses import replace
+
     from auditor.config import AuditConfig
-    from auditor.registry import SCANS
     from auditor.session import AuditSession
     import auditor.scans  # noqa: F401
 
-    session = AuditSession(AuditConfig(model=Path(model), scan=scan, clean_samples=int(per_class), seed=int(seed)), progress=lambda m: None)
+    config = AuditConfig(model=Path(model), scan=scan, clean_samples=per_class, seed=seed)
+    if data is not None:
+        config = replace(config, data=data)
+    session = AuditSession(config, progress=lambda m: None)
     session.prepare()
+    return session
+
+
+def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: str = "-", precision: str = "float32",
+            scan_params: str = "{}") -> dict:
+    """Child process: one scan of one model; prints a JSON line."""
+    from auditor.registry import SCANS
+
+    session = open_session(model, scan, int(per_class), int(seed))
     if session.errors:
         return {"error": "; ".join(session.errors.values())}
     from auditor.compute import choose_mode

@@ -242,7 +242,8 @@ def test_a_blend_ratio_above_the_flag_fails_only_when_maximum_margin_names_the_s
     def result(alphas, margins, p):
         blend = BlendSearch(torch.zeros(len(alphas), 1, 2, 2), alphas, [[0.9]] * len(alphas), (0.1,), 0.8, 1, 0.0)
         r = GenerativeResult.__new__(GenerativeResult)
-        r.blend, r.margins, r.margin_rule, r.distributions, r.warp, r.all_to_all = blend, margins, (0.6, 0.001), [], None, None
+        r.blend, r.margins, r.distributions, r.warp, r.all_to_all = blend, margins, [], None, None
+        r.extra = {"generative_params": {"margin_blend_ratio": 0.6, "margin_p": 0.001}}
         r.margin_top, r.margin_p = max(range(len(margins)), key=margins.__getitem__), p
         return r
 

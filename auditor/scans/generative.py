@@ -171,7 +171,13 @@ class GenerativeResult(NeuralCleanseResult):
     margins: list[float] | None = None  # MM-BD's per-class largest margins, when a blend ratio called for it
     margin_top: int | None = None
     margin_p: float | None = None
-    margin_rule: tuple[float, float] = (0.6, 0.001)  # (blend ratio at most, MM-BD p below) that flags together
+
+    @property
+    def margin_rule(self) -> tuple[float, float]:
+        """(blend ratio at most, MM-BD p below) that flag a class together: the scan's own parameters."""
+        used = self.extra.get("generative_params", {})
+        default = GenerativeParams()
+        return used.get("margin_blend_ratio", default.margin_blend_ratio), used.get("margin_p", default.margin_p)
 
     def margin_corroborated(self, thresholds) -> list[int]:
         """The class MM-BD names with p below the rule's, when its blend ratio is above the flag but within the rule's."""
@@ -263,18 +269,17 @@ class GenerativeResult(NeuralCleanseResult):
         if cls in self.warp_hits(thresholds):
             return (f"class {label}: a smooth warp of at most {self.warp.strength:g} px sends {self.warp.asr[cls]:.0%} "
                     f"of held-out samples to it (>= {thresholds.min_generative_asr:.0%}; a WaNet-style trigger)")
-        if cls in self.margin_corroborated(thresholds) and cls not in self.blend.hits(thresholds.max_blend_ratio):
-            b, others = self.blend, sorted(m for k, m in enumerate(self.margins) if k != cls)
-            return (f"class {label}: an image-wide pattern blended at alpha {b.alphas[cls]:.3f} sends {b.min_asr:.0%} of held-out "
-                    f"samples to it, {b.ratio(cls):.2f} of the alpha the other classes need (above the {thresholds.max_blend_ratio:g} "
-                    f"flag alone, within {self.margin_rule[0]:g}), and independently its largest reachable logit margin "
-                    f"{self.margins[cls]:.1f} is an outlier (others {others[0]:.1f}-{others[-1]:.1f}; MM-BD p = {self.margin_p:.2g} "
-                    f"< {self.margin_rule[1]:g}): a Blended-style trigger on a model that small blends reach easily")
         if cls in self.blend_hits(thresholds):
             b = self.blend
-            return (f"class {label}: an image-wide pattern blended at alpha {b.alphas[cls]:.3f} sends {b.min_asr:.0%} of held-out "
-                    f"samples to it, {b.ratio(cls):.2f} of the alpha the other classes need (median; flag at <= "
-                    f"{thresholds.max_blend_ratio:g}: a Blended-style trigger)")
+            reached = (f"class {label}: an image-wide pattern blended at alpha {b.alphas[cls]:.3f} sends {b.min_asr:.0%} of "
+                       f"held-out samples to it, {b.ratio(cls):.2f} of the alpha the other classes need (median; ")
+            if cls in b.hits(thresholds.max_blend_ratio):
+                return reached + f"flag at <= {thresholds.max_blend_ratio:g}: a Blended-style trigger)"
+            others = sorted(m for k, m in enumerate(self.margins) if k != cls)
+            return (reached + f"above the {thresholds.max_blend_ratio:g} flag alone, within {self.margin_rule[0]:g}), and "
+                    f"independently its largest reachable logit margin {self.margins[cls]:.1f} is an outlier (others "
+                    f"{others[0]:.1f}-{others[-1]:.1f}; MM-BD p = {self.margin_p:.2g} < {self.margin_rule[1]:g}): a "
+                    f"Blended-style trigger on a model that small blends reach easily")
         if cls not in self.nc_alone_hits(thresholds) and cls in self.all_to_all_hits(thresholds):
             a = self.all_to_all
             sources = [s for s, d in enumerate(a.mapping) if d == cls]
@@ -412,6 +417,19 @@ def learn_distribution(handle, fit_x, eval_x, eval_y, target: int, mask: torch.T
     return CandidateDistribution(target, size, top, left, patches, asr, diversity, g.cpu(), time.perf_counter() - start)
 
 
+def run_blend_search(handle, fit_x, eval_x, eval_y, params: GenerativeParams) -> BlendSearch:
+    """The generative scan's blend search with its parameters (frozen weights are the caller's job)."""
+    return blend_search(handle, fit_x, eval_x, eval_y, steps=params.blend_steps, batch_size=params.blend_batch_size,
+                        lr=params.blend_lr, min_asr=params.blend_asr, eval_samples=params.blend_eval_samples, seed=params.seed)
+
+
+def run_maximum_margins(handle, params: GenerativeParams, progress=None) -> list[float]:
+    """MM-BD's per-class margins as the generative scan runs it to corroborate a blend ratio."""
+    if progress:
+        progress("maximum margin (MM-BD): a class is reached by blends more easily than most; is its margin an outlier too")
+    return maximum_margins(handle, MaxMarginParams(starts=params.margin_starts, steps=params.margin_steps, seed=params.seed), progress)
+
+
 def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParams, params: GenerativeParams,
                     progress=None) -> GenerativeResult:
     start = time.perf_counter()
@@ -435,8 +453,7 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
         if params.blend_steps:
             if progress:
                 progress(f"blend search: every class, image-wide blends from alpha {LADDER[0]:g} up")
-            blend = blend_search(handle, fit_x, eval_x, eval_y, steps=params.blend_steps, batch_size=params.blend_batch_size,
-                                 lr=params.blend_lr, min_asr=params.blend_asr, eval_samples=params.blend_eval_samples, seed=params.seed)
+            blend = run_blend_search(handle, fit_x, eval_x, eval_y, params)
         all_to_all = None
         if params.all_to_all_steps:
             if progress:
@@ -449,15 +466,11 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
         margins = None
         if blend is not None and params.margin_blend_ratio > 0 and \
                 min(blend.ratio(c) for c in range(handle.num_classes)) <= params.margin_blend_ratio:
-            if progress:
-                progress("maximum margin (MM-BD): a class is reached by blends more easily than most; is its margin an outlier too")
-            margins = maximum_margins(handle, MaxMarginParams(starts=params.margin_starts, steps=params.margin_steps,
-                                                              seed=params.seed), progress)
+            margins = run_maximum_margins(handle, params, progress)
     finally:
         _restore(handle.module, flags)
     fields_ = {k: getattr(nc, k) for k in NeuralCleanseResult.__dataclass_fields__}
-    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend, all_to_all=all_to_all,
-                              margin_rule=(params.margin_blend_ratio, params.margin_p))
+    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend, all_to_all=all_to_all)
     if margins is not None:
         result.margins = margins
         result.margin_top, result.margin_p = max_of_null_p_value(margins)
