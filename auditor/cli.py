@@ -128,11 +128,12 @@ def errors_exit_2():
 @click.option("--max-file-bytes", type=click.IntRange(1), help="Refuse model files larger than this.  [default: 4 GiB]")
 @click.option("--device", help="Where scans, defenses and evaluation run: auto (a GPU when torch sees one), cpu, cuda or cuda:N; onnxruntime follows it.  [default: auto]")
 @click.option("--scan-precision", type=click.Choice(SCAN_PRECISIONS), help="How scans run the passes that optimise triggers: float32 (exact), bfloat16 in the channels-last layout (2-3x faster where the hardware has bfloat16; a scan's results can differ), or auto (bfloat16 exactly when this CPU or GPU has it in hardware). Predictions a verdict reads stay float32.  [default: float32]")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Fit the trigger scans into about this many seconds of wall time by running fewer of their optimisation steps (1/2 or 1/4 of each, priced on this machine before each scan); the report says what was reduced and what that costs in detection. Defense and repair are not shortened.  [default: no budget]")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress lines on stderr.")
 def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_model, reference_model, trigger, clean_samples, seed,
          scan, scan_params, defense, defense_params, repair, repair_params, min_accuracy, max_accuracy_drop, max_class_drop,
          anomaly_threshold, max_mask_ratio, min_generative_asr, nc_alone_threshold, max_blend_ratio, max_all_to_all_ratio, max_margin_p, max_asr, gate, checks_dirs, output_dir, html, json_path, junitxml, sarif, cyclonedx, config_file,
-         max_file_bytes, device, scan_precision, quiet):
+         max_file_bytes, device, scan_precision, budget, quiet):
     """Audit MODEL (.pt/.pth/.bin state_dict, TorchScript, .safetensors, .onnx, or a transformers/timm folder).
 
     \b
@@ -148,7 +149,7 @@ def scan(model, data, arch, arch_args, input_size, mean, std, metadata, paired_m
         repair_params=_key_values(repair_params, "--repair-param"), min_accuracy=min_accuracy,
         max_accuracy_drop=max_accuracy_drop, max_class_drop=max_class_drop, anomaly_threshold=anomaly_threshold, max_mask_ratio=max_mask_ratio, min_generative_asr=min_generative_asr, nc_alone_threshold=nc_alone_threshold, max_blend_ratio=max_blend_ratio, max_all_to_all_ratio=max_all_to_all_ratio, max_margin_p=max_margin_p, max_asr=max_asr, gate=gate,
         checks_dirs=tuple(checks_dirs) or None, output_dir=output_dir, html=html, json=json_path, junitxml=junitxml, sarif=sarif, cyclonedx=cyclonedx,
-        max_file_bytes=max_file_bytes, device=device, scan_precision=scan_precision, quiet=quiet,
+        max_file_bytes=max_file_bytes, device=device, scan_precision=scan_precision, budget=budget, quiet=quiet,
     )
     with errors_exit_2():
         if config_file is None and Path("auditor.toml").is_file():

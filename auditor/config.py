@@ -61,6 +61,7 @@ class AuditConfig:
     # default: its scan verdicts match float32's over the zoo, but in whole audits it flagged a naturally
     # easy class more often and the repair then cost that class more (docs/benchmarks.md, "Whole default audits")
     scan_precision: str = "float32"
+    budget: float | None = None  # seconds: scans run fewer optimisation steps to fit (auditor/budget.py)
     quiet: bool = False
 
     def __post_init__(self):
@@ -70,6 +71,8 @@ class AuditConfig:
             raise AuditorInputError(f"--device {self.device}: expected auto, cpu, cuda or cuda:N")
         if self.scan_precision not in SCAN_PRECISIONS:
             raise AuditorInputError(f"--scan-precision {self.scan_precision}: expected {', '.join(SCAN_PRECISIONS)}")
+        if self.budget is not None and not (isinstance(self.budget, (int, float)) and self.budget > 0):
+            raise AuditorInputError(f"--budget {self.budget}: expected a positive number of seconds")
         if self.gate not in ("before", "after"):
             raise AuditorInputError("--gate must be 'before' or 'after'")
         for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop", "max_asr", "max_mask_ratio", "min_generative_asr", "max_blend_ratio",

@@ -63,6 +63,8 @@ class AuditSession:
         self.timings: dict[str, float] = {}
         self._scans: dict[str, Any] = {}
         self.compute_mode = None  # the auditor.compute.ComputeMode every scan of this audit runs in
+        self.budget_plans: dict[str, Any] = {}  # stage -> auditor.budget.StagePlan, with --budget
+        self._clock = time.perf_counter()  # --budget counts from here
         self._metrics: dict[str, dict] = {}
         self.evaluation: Evaluation | None = None
         self._after_handle = None
@@ -206,8 +208,9 @@ class AuditSession:
             self.progress(f"{entry.name} scan of the {stage} model ({handle.num_classes} classes)")
             mode = self._compute_mode(handle)
             self._say_cost(entry, handle, stage, mode)
+            params = self._budgeted_params(entry, handle, stage, mode)
             with handle.optimising(mode):
-                result = entry.factory(handle, self.split, self.config.scan_params, self.config.seed, self.progress)
+                result = entry.factory(handle, self.split, params, self.config.seed, self.progress)
             self.timings[f"scan_{stage}"] = result.seconds
             if self.reference is not None:
                 self._carry_over[id(result)] = self._carry_over_rates(handle, result)
@@ -228,6 +231,27 @@ class AuditSession:
                else "auto: this hardware has bfloat16" if mode.native_bfloat16 else "auto: no bfloat16 in this hardware")
         self.progress(f"scan compute: {mode.name} ({why}; images/s forward + backward measured here: {rates})")
         return mode
+
+    def _budgeted_params(self, entry, handle, stage: str, mode=None) -> dict:
+        """The scan parameters this stage runs with: the configured ones, or with --budget the step counts
+        scaled to fit this stage's share of it (auditor/budget.py)."""
+        if self.config.budget is None:
+            return self.config.scan_params
+        from .budget import BEFORE_SHARE, AFTER_RESERVE, plan_stage
+        from .cost import scan_full_budget
+
+        full = scan_full_budget(entry.params_type, self.config.scan_params, handle, mode)
+        if full is None:
+            self.progress(f"budget: the {entry.name} scan does not count its steps; it runs at its full budget")
+            return self.config.scan_params
+        rate, classes = full["images_per_second"], handle.num_classes
+        spent = time.perf_counter() - self._clock
+        share = BEFORE_SHARE * self.config.budget - spent if stage == "before" else (1 - AFTER_RESERVE) * (self.config.budget - spent)
+        plan, params = plan_stage(stage, max(share, 0.0), lambda p: entry.params_type(**p).image_passes(classes) / rate,
+                                  entry.params, self.config.scan_params)
+        self.budget_plans[stage] = plan
+        self.progress(plan.message(entry.name))
+        return params
 
     def _say_cost(self, entry, handle, stage: str, mode=None) -> None:
         """Before a long scan: what its full budget costs in image passes and seconds on this machine (kept in timings)."""

@@ -127,6 +127,17 @@ def verdict(r: dict) -> str:
     return "detected, right target" if r["flagged"][0] == r["target"] else f"flagged {r['flagged'][0]}, target {r['target']}"
 
 
+def budgeted(scan: str, overrides: dict, fraction: float) -> dict:
+    """The scan parameters `--budget` would run at this fraction of the step counts."""
+    if fraction >= 1:
+        return overrides
+    from auditor.budget import scaled_params
+    from auditor.registry import SCANS
+    import auditor.scans  # noqa: F401
+
+    return scaled_params(SCANS.get(scan).params, overrides, fraction)[0]
+
+
 def _top_statistic(r: dict) -> str:
     return f"{r['top_index']:.2f}" if r["top_index"] is not None else f"p = {r['p_value']:.2g}"
 
@@ -145,6 +156,9 @@ def main() -> None:
     parser.add_argument("--scan-param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scan parameter in every run, as the CLI's --scan-param (repeatable; numbers as JSON)")
     parser.add_argument("--reference", help="a clean model's stem: try the generative candidates' sampled triggers on it too")
+    parser.add_argument("--fractions", nargs="*", type=float, default=[1.0],
+                        help="run every step count at these fractions of its default, as --budget chooses them "
+                             "(auditor/budget.py: 1, 0.5, 0.25, 0.125); several: one row each")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(*args.child), default=float))
@@ -166,8 +180,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else "") + "---|---|")
     for model, seed in ((m, s) for m in models for s in args.seeds):
         name = model.stem if args.seeds == [0] else f"{model.stem}, seed {seed}"
-        for scan, precision in ((s, p) for s in args.scans for p in args.precisions):
-            r = measure(model, scan, args.clean_samples, seed, reference, precision, overrides)
+        for scan, precision, fraction in ((s, p, f) for s in args.scans for p in args.precisions for f in args.fractions):
+            params = budgeted(scan, overrides, fraction)
+            r = measure(model, scan, args.clean_samples, seed, reference, precision, params)
+            if fraction < 1:
+                from auditor.budget import fraction_text
+
+                r["mode"] = f"{r.get('mode', precision)}, {fraction_text(fraction)} steps"
             if "error" in r:
                 print(f"| {name} | | | {scan} | | error: {r['error']} | | | | | | |{' |' if reference else ''} {r['wall']:.1f} | {r['rss_mb']:.0f} |",
                       flush=True)

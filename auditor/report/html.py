@@ -107,6 +107,8 @@ def _verdict(result: dict) -> str:
                        f"{data.get('fit_samples', 0)} inputs synthesized from the model itself. A data-free verdict is weaker: "
                        "a repaired model can pass its after-stage scan with most of the backdoor left (docs/limits.md).")
     reasons += _natural_notes(result)
+    if budget := _budget_summary(result, reduced_only=True):
+        reasons.append(escape(budget))
     items = "".join(f"<li>{r}</li>" for r in reasons)
     sha = result["model"].get("sha256")
     when = (result.get("provenance") or {}).get("timestamp")
@@ -455,6 +457,7 @@ def _facts(result: dict) -> str:
         ("Device", (model.get("device") or None) and model["device"] + (
             f" (onnxruntime: {', '.join(model['onnxruntime_providers'])})" if model.get("onnxruntime_providers") else "")),
         ("Scan compute", _compute_summary((result.get("scan") or {}).get("compute"))),
+        ("Scan budget", _budget_summary(result)),
         ("Seed", result["seed"]), ("Defense", _defense_summary(defense) if defense.get("applied") else "not applied"),
         ("Repair", _repair_summary(defense.get("repair")) if defense.get("applied") else None),
         ("Repaired files", ", ".join((defense.get("outputs") or {}).values()) or None),
@@ -462,6 +465,29 @@ def _facts(result: dict) -> str:
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td class='mono'>{escape(str(v))}</td></tr>" for k, v in rows if v is not None)
     return f'<h3>Model and run</h3><table class="grid">{body}</table>'
+
+
+def _budget_summary(result: dict, reduced_only: bool = False) -> str | None:
+    """What --budget did to each scan, and what that fraction cost in detection on the zoo."""
+    seconds = result["config"].get("budget_seconds")
+    scan = result.get("scan") or {}
+    plans = [p for p in (scan.get("budget"), (scan.get("after") or {}).get("budget")) if p]
+    if not seconds or not plans or (reduced_only and all(p["fraction"] >= 1 for p in plans)):
+        return None
+    from ..budget import fraction_text
+
+    parts, costs = [], {}
+    for p in plans:
+        text = (f"the {'delivered' if p['stage'] == 'before' else 'repaired'} model's scan ran at {fraction_text(p['fraction'])} "
+                f"of its optimisation steps (its full budget priced at {p['full_seconds']:.0f}s here, its share {p['share_seconds']:.0f}s)")
+        if not p["fits"]:
+            text += ", still over its share: the least this tool runs"
+        parts.append(text)
+        if p.get("detection"):
+            costs[fraction_text(p["fraction"])] = p["detection"]
+    cost = "".join(f" At {f} on the project's zoo: {d}." for f, d in costs.items())
+    return (f"--budget {seconds:g}s: " + "; ".join(parts) + "." + cost
+            + " The defense unlearns what the shortened scan recovered.")
 
 
 def _compute_summary(compute: dict | None) -> str | None:

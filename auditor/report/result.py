@@ -58,7 +58,7 @@ def verdict_and_exit(records, session, pytest_exit: int | None, collected: int, 
     return ("fail", EXIT_FAIL, []) if failed else ("pass", EXIT_PASS, [])
 
 
-def _scan_dict(session, result) -> dict:
+def _scan_dict(session, result, stage: str) -> dict:
     flagged = session.flagged(result)
     from ..defense_stage import classes_to_unlearn
 
@@ -66,6 +66,8 @@ def _scan_dict(session, result) -> dict:
     out = {"flagged_classes": flagged, "suspected_classes": suspected, **result.summary(), "limits": SCANS.limits(result.method)}
     if session.compute_mode is not None:
         out["compute"] = session.compute_mode.summary()
+    if stage in session.budget_plans:
+        out["budget"] = session.budget_plans[stage].summary()
     if session.reference is not None:
         out["reference_model"] = str(session.config.reference_model)
         out["carry_over"] = {str(c): r for c, r in session.carry_over(result).items()}
@@ -126,7 +128,7 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
         "defense": None,
         "metrics": {"before": None, "after": None},
         "seed": cfg.seed,
-        "config": {"data": cfg.data, "clean_samples": cfg.clean_samples, "scan": cfg.scan, "scan_precision": cfg.scan_precision, "defense": cfg.defense,
+        "config": {"data": cfg.data, "clean_samples": cfg.clean_samples, "scan": cfg.scan, "scan_precision": cfg.scan_precision, "budget_seconds": cfg.budget, "defense": cfg.defense,
                    "repair": cfg.repair, "min_accuracy": cfg.min_accuracy, "max_accuracy_drop": cfg.max_accuracy_drop,
                    "max_class_drop": cfg.max_class_drop,
                    "anomaly_threshold": cfg.anomaly_threshold, "max_mask_ratio": cfg.max_mask_ratio, "min_generative_asr": cfg.min_generative_asr, "nc_alone_threshold": cfg.nc_alone_threshold, "max_blend_ratio": cfg.max_blend_ratio, "max_all_to_all_ratio": cfg.max_all_to_all_ratio, "max_margin_p": cfg.max_margin_p, "max_asr": cfg.max_asr,
@@ -149,9 +151,9 @@ def build_result(plugin, pytest_exit: int | None = None) -> dict:
                        "eval_samples": len(session.split.eval)}
     before_scan = session.scan_result("before")
     if before_scan is not None:
-        out["scan"] = _scan_dict(session, before_scan)
+        out["scan"] = _scan_dict(session, before_scan, "before")
         if session.scan_result("after") is not None:
-            out["scan"]["after"] = _scan_dict(session, session.scan_result("after"))
+            out["scan"]["after"] = _scan_dict(session, session.scan_result("after"), "after")
     for stage in session.measured_stages():
         try:
             out["metrics"][stage] = _round(session.metrics(stage))
