@@ -207,8 +207,8 @@ class AuditSession:
             entry = SCANS.get(self.config.scan)
             self.progress(f"{entry.name} scan of the {stage} model ({handle.num_classes} classes)")
             mode = self._compute_mode(handle)
-            self._say_cost(entry, handle, stage, mode)
-            params = self._budgeted_params(entry, handle, stage, mode)
+            bound = self._say_cost(entry, handle, stage, mode)
+            params = self._budgeted_params(entry, handle, stage, bound)
             with handle.optimising(mode):
                 result = entry.factory(handle, self.split, params, self.config.seed, self.progress)
             self.timings[f"scan_{stage}"] = result.seconds
@@ -232,15 +232,13 @@ class AuditSession:
         self.progress(f"scan compute: {mode.name} ({why}; images/s forward + backward measured here: {rates})")
         return mode
 
-    def _budgeted_params(self, entry, handle, stage: str, mode=None) -> dict:
+    def _budgeted_params(self, entry, handle, stage: str, full: dict | None) -> dict:
         """The scan parameters this stage runs with: the configured ones, or with --budget the step counts
-        scaled to fit this stage's share of it (auditor/budget.py)."""
+        scaled to fit this stage's share of it (auditor/budget.py), priced at `full`'s rate (`_say_cost`)."""
         if self.config.budget is None:
             return self.config.scan_params
         from .budget import BEFORE_SHARE, AFTER_RESERVE, plan_stage
-        from .cost import scan_full_budget
 
-        full = scan_full_budget(entry.params_type, self.config.scan_params, handle, mode)
         if full is None:
             self.progress(f"budget: the {entry.name} scan does not count its steps; it runs at its full budget")
             return self.config.scan_params
@@ -253,17 +251,19 @@ class AuditSession:
         self.progress(plan.message(entry.name))
         return params
 
-    def _say_cost(self, entry, handle, stage: str, mode=None) -> None:
-        """Before a long scan: what its full budget costs in image passes and seconds on this machine (kept in timings)."""
+    def _say_cost(self, entry, handle, stage: str, mode=None) -> dict | None:
+        """Before a long scan: what its full budget costs in image passes and seconds on this machine (kept in
+        timings); returns cost.scan_full_budget's bound, or None for a scan that does not count its passes."""
         from .cost import scan_full_budget
 
         bound = scan_full_budget(entry.params_type, self.config.scan_params, handle, mode)
         if bound is None:
-            return
+            return None
         self.timings[f"scan_{stage}_full_budget_estimate"] = bound["seconds"]
         self.progress(f"{entry.name}: full budget {bound['image_passes']:,} image passes at {bound['images_per_second']:,.0f} "
                       f"images/s (forward + backward, measured here): about {bound['seconds']:.0f}s; "
                       "early stopping usually ends it sooner")
+        return bound
 
     def scan_result(self, stage: str):
         """The stage's scan result if it has run, else None (renderers must not start a scan)."""
