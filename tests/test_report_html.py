@@ -47,6 +47,26 @@ def test_scan_section_says_who_flags():
     assert "flagged above" not in text and "ranks the classes, and flags one by itself only above 6" in text
 
 
+def test_a_scheduled_scan_shows_the_classes_searched_in_full():
+    from auditor.report.html import _scan_section
+
+    k = 100
+    result = {"config": {"min_generative_asr": 0.8, "anomaly_threshold": 2.5, "max_mask_ratio": 0.5, "nc_alone_threshold": 6.0},
+              "model": {"class_names": None}}
+    full = [3, 7, 40, 41, 99]
+    scan = {"method": "generative", "flagged_classes": [7], "suspected_classes": [55], "norms": [40.0] * k, "anomaly_index": [0.0] * k,
+            "recovered_asr": [0.5 if c in full else None for c in range(k)], "seconds": 1.0, "fit_samples": 100,
+            "warp": {"strength": 2.0, "steps": 80, "asr": [0.9 if c == 7 else 0.1 if c in full else None for c in range(k)], "seconds": 1.0},
+            "class_schedule": {"classes": k, "full_search": full, "shortlist": [7, 3], "logit_shortlist": [40], "reference": [41, 99],
+                               "screen_steps": 30}}
+    text = _scan_section(dict(result, scan=scan))
+    table = text.split("Mask L1")[1].split("</table>")[0]
+    assert table.count("<tr") == len(full) + 1  # the classes searched in full, and the suspect screened out
+    assert "Class scheduling: this model has 100 classes" in text and "never flags one by itself" in text
+    warp = text.split("Warp search")[1]
+    assert warp.count("FLAGGED") == 1 and "None" not in warp
+
+
 def test_metrics_table_explains_the_asr_split_only_when_it_shows_one():
     no_asr = _metrics_table({"metrics": {"before": {"c_acc": 0.9, "eval_samples": 10, "asr": None}}})
     assert "WITHOUT the trigger" not in no_asr and "ASR counts" not in no_asr

@@ -241,8 +241,9 @@ def _generative_tables(result: dict, scan: dict) -> str:
                       f"<th>Range</th><th>Diversity</th><th></th></tr>{rows_g}</table>")
     warp = scan.get("warp")
     if warp:
-        order = sorted(range(len(warp["asr"])), key=lambda c: -warp["asr"][c])
-        hit_w = [a >= result["config"]["min_generative_asr"] for a in warp["asr"]]
+        # a scheduled scan searched only some classes (None for the others)
+        order = sorted((c for c, a in enumerate(warp["asr"]) if a is not None), key=lambda c: -warp["asr"][c])
+        hit_w = [a is not None and a >= result["config"]["min_generative_asr"] for a in warp["asr"]]
         rows_w = "".join(
             f"<tr class='{'flag' if hit_w[c] else ''}'><td>{_class_label(result, c)}</td><td>{_pct(warp['asr'][c])}</td>"
             f"<td>{'FLAGGED' if hit_w[c] else ''}</td></tr>" for c in order[:3])
@@ -341,7 +342,11 @@ def _scan_section(result: dict) -> str:
     threshold = result["config"]["anomaly_threshold"]
     top = max([abs(a) for a in scan["anomaly_index"]] + [threshold, 1e-9])
     rows = []
-    for c, (norm, index) in enumerate(zip(scan["norms"], scan["anomaly_index"])):
+    schedule = scan.get("class_schedule")
+    shown = range(len(scan["norms"])) if not schedule else sorted(
+        set(schedule["full_search"]) | set(scan["flagged_classes"]) | set(scan.get("suspected_classes", [])))
+    for c in shown:
+        norm, index = scan["norms"][c], scan["anomaly_index"][c]
         flagged = c in scan["flagged_classes"]
         width = int(120 * max(index, 0) / top)
         bar = f'<span class="bar{" hot" if flagged else ""}" style="width:{width}px"></span>'
@@ -355,7 +360,10 @@ def _scan_section(result: dict) -> str:
     # the generative scan only ranks classes by this index; its flags come from the tables below
     verdict = (f"flagged above {threshold:g} when the mask is also at most {result['config']['max_mask_ratio']:g} × "
                f"the median mask" if not generative else
-               f"here it ranks the classes, and flags one by itself only above {result['config'].get('nc_alone_threshold', 6.0):g}: "
+               ("here it ranks the classes and never flags one by itself (a head this large has ordinary classes far out): "
+                if schedule else
+                f"here it ranks the classes, and flags one by itself only above {result['config'].get('nc_alone_threshold', 6.0):g}: ")
+               + 
                "the generative scan flags a class by its sampled triggers, its warp, its blend or an all-to-all trigger (below). "
                "When some class is flagged, "
                f"a class above {threshold:g} with a small mask that is not flagged is suspected, and the defense unlearns its trigger too")
@@ -363,12 +371,23 @@ def _scan_section(result: dict) -> str:
             f"<p>For every class, the smallest mask that turns clean images into that class. A backdoor target needs a much "
             f"smaller mask than the others: anomaly index = (median − log L1) / (1.4826 · MAD) over the classes' log mask "
             f"norms (the log scale keeps a few huge masks from hiding a small one); {verdict}. "
-            f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>"
+            f"Scan time {scan['seconds']:.1f}s on {scan['fit_samples']} fit samples.</p>{_schedule_paragraph(result, schedule)}"
             '<table class="grid"><tr><th>Class</th><th>Mask L1</th><th>Anomaly index</th><th>Reach of its mask<sup>*</sup></th>'
             f"<th></th>{after_head}</tr>{''.join(rows)}</table><p><small><sup>*</sup> Share of held-out images that class's smallest "
             "mask sends to it. Every class has such a mask, a clean model's too: this measures the scan's search, not an attack; "
             f"the true ASR needs the real trigger (--trigger).</small></p>{generative}{_reference_paragraph(result, scan)}"
             + (f'<p class="limits"><b>What this scan cannot see:</b> {escape(scan["limits"])}</p>' if scan.get("limits") else ""))
+
+
+def _schedule_paragraph(result: dict, schedule: dict | None) -> str:
+    if not schedule:
+        return ""
+    return (f"<p>Class scheduling: this model has {schedule['classes']} classes. Every class had a "
+            f"{schedule['screen_steps']}-step screen; {len(schedule['full_search'])} ran the full search (the table): the "
+            f"{len(schedule['shortlist'])} with the smallest screening masks, {len(schedule['logit_shortlist'])} most often "
+            f"second-highest on clean images, and {len(schedule['reference'])} drawn at random, the reference the anomaly index "
+            "and the blend ratio are measured against. A class screened out keeps its screening mask, an upper bound on its "
+            "mask (so its index is a lower bound); those are in the JSON (<code>class_schedule</code>).</p>")
 
 
 def _figure(label: str, b64: str, group: str) -> str:

@@ -35,13 +35,17 @@ LADDER = (0.02, 0.03, 0.045, 0.065, 0.09, 0.13, 0.18, 0.25, 0.35)
 
 @dataclass
 class BlendSearch:
-    patterns: torch.Tensor  # K x C x H x W in [0, 1]: each class's pattern at the alpha it reached (or the last rung)
+    patterns: torch.Tensor  # one C x H x W pattern in [0, 1] per class searched, at the alpha it reached (or the last rung)
     alphas: list[float | None]  # per class: the interpolated alpha that reaches `min_asr`; None: not within the ladder
     curves: list[list[float]]  # per class: held-out ASR at each rung run (stops once the class reached)
     ladder: tuple[float, ...]
     min_asr: float
     steps: int  # gradient steps per rung
     seconds: float
+    # Scheduled scans (scans/schedule.py): the classes searched (the others' alpha is None and not
+    # counted), and the randomly drawn ones whose median alpha every class is compared with
+    classes: list[int] | None = None
+    reference: list[int] | None = None
 
     def ceiling(self) -> float:
         """What an unreached class counts as: beyond the last rung run."""
@@ -51,7 +55,8 @@ class BlendSearch:
         """The class's alpha over the median alpha of the other classes (unreached ones at the ceiling)."""
         if self.alphas[cls] is None:
             return math.inf
-        others = [a if a is not None else self.ceiling() for c, a in enumerate(self.alphas) if c != cls]
+        base = self.reference or self.classes or range(len(self.alphas))
+        others = [self.alphas[c] if self.alphas[c] is not None else self.ceiling() for c in base if c != cls]
         return self.alphas[cls] / statistics.median(others) if others else 1.0
 
     def hits(self, max_ratio: float) -> list[int]:
@@ -71,7 +76,8 @@ class BlendSearch:
         # the rung the pattern was last optimised and measured at (the interpolated alpha is only the score)
         alpha = self.ladder[len(self.curves[cls]) - 1]
         c, h, w = self.patterns.shape[1:]
-        return Trigger(torch.full((1, h, w), float(alpha)), self.patterns[cls].clone(), cls, "recovered", kind="blend")
+        pattern = self.patterns[cls if self.classes is None else self.classes.index(cls)]
+        return Trigger(torch.full((1, h, w), float(alpha)), pattern.clone(), cls, "recovered", kind="blend")
 
     def summary(self) -> dict:
         return {"ladder": list(self.ladder[: len(max(self.curves, key=len))]), "min_asr": self.min_asr, "steps_per_rung": self.steps,
@@ -89,29 +95,35 @@ def _crossing(lo_alpha: float, lo_asr: float, hi_alpha: float, hi_asr: float, ta
 
 
 def blend_search(handle, fit_x, eval_x, eval_y, *, steps: int, batch_size: int, lr: float, min_asr: float,
-                 eval_samples: int, seed: int, ladder: tuple[float, ...] = LADDER) -> BlendSearch:
+                 eval_samples: int, seed: int, ladder: tuple[float, ...] = LADDER, classes: list[int] | None = None,
+                 reference: list[int] | None = None) -> BlendSearch:
     """The model's parameters must already be frozen (the caller's scan does that). Stops climbing once
-    more than half of the classes have been reached: the median the score divides by is then known."""
+    more than half of the classes have been reached (of `reference` when given): the median the score
+    divides by is then known. `classes`: search only these (scheduled scans)."""
     start = time.perf_counter()
     device = handle.device
     c, h, w = handle.input_shape
     k = handle.num_classes
+    searched = list(range(k)) if classes is None else list(classes)
+    base = searched if reference is None else list(reference)
     gen = torch.Generator().manual_seed(seed + 5)
-    raw = torch.zeros(k, c, h, w, device=device, requires_grad=True)  # sigmoid(0) = 0.5: mid-grey start for all
+    row = {cls: i for i, cls in enumerate(searched)}  # each searched class's row in raw and patterns
+    raw = torch.zeros(len(searched), c, h, w, device=device, requires_grad=True)  # sigmoid(0) = 0.5: mid-grey start for all
     opt = torch.optim.Adam([raw], lr=lr)
     pick = torch.randperm(len(eval_y), generator=gen)[:eval_samples]
     ex, ey = eval_x[pick].to(device), eval_y[pick].to(device)
     x_fit = fit_x.to(device)
-    patterns = torch.zeros(k, c, h, w)
+    patterns = torch.zeros(len(searched), c, h, w)
     alphas: list[float | None] = [None] * k
     curves: list[list[float]] = [[] for _ in range(k)]
-    active = list(range(k))
+    active = list(searched)
     for rung, alpha in enumerate(ladder):
         cls = torch.tensor(active, device=device)
+        rows = torch.tensor([row[t] for t in active], device=device)
         targets = cls[:, None].expand(len(active), batch_size).reshape(-1)
         for _ in range(steps):
             batch = x_fit[torch.randint(len(x_fit), (batch_size,), generator=gen).to(device)]
-            blended = (1 - alpha) * batch[None] + alpha * torch.sigmoid(raw[cls])[:, None]
+            blended = (1 - alpha) * batch[None] + alpha * torch.sigmoid(raw[rows])[:, None]
             loss = F.cross_entropy(handle.forward(blended.reshape(-1, c, h, w)), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -120,13 +132,14 @@ def blend_search(handle, fit_x, eval_x, eval_y, *, steps: int, batch_size: int, 
             pattern = torch.sigmoid(raw)
             for t in list(active):
                 others = ex[ey != t]
-                asr = float((handle.forward((1 - alpha) * others + alpha * pattern[t]).argmax(1) == t).float().mean())
+                asr = float((handle.forward((1 - alpha) * others + alpha * pattern[row[t]]).argmax(1) == t).float().mean())
                 curves[t].append(asr)
-                patterns[t] = pattern[t].cpu()
+                patterns[row[t]] = pattern[row[t]].cpu()
                 if asr >= min_asr:
                     prev = (ladder[rung - 1], curves[t][-2]) if rung else (alpha / 2, 0.0)
                     alphas[t] = _crossing(prev[0], prev[1], alpha, asr, min_asr)
                     active.remove(t)
-        if len(active) < k / 2 or not active:
+        if sum(t in active for t in base) < len(base) / 2 or not active:
             break
-    return BlendSearch(patterns, alphas, curves, tuple(ladder), min_asr, steps, time.perf_counter() - start)
+    return BlendSearch(patterns, alphas, curves, tuple(ladder), min_asr, steps, time.perf_counter() - start,
+                       classes=None if classes is None else searched, reference=reference)

@@ -32,6 +32,7 @@ from .all_to_all import AllToAllSearch, all_to_all_search
 from .blend import LADDER, BlendSearch, blend_search
 from .max_margin import MaxMarginParams, max_of_null_p_value, maximum_margins
 from .neural_cleanse import NeuralCleanseParams, NeuralCleanseResult, _freeze, _restore, neural_cleanse
+from .schedule import ClassSchedule, ScheduleParams, scheduled_neural_cleanse
 from .warp import WarpSearch, warp_search
 
 
@@ -81,7 +82,24 @@ class GenerativeParams:
     all_to_all_spread: float = 1.0  # weight of the batch's output entropy: keeps the search off one sink class
     all_to_all_flip_rate: float = 0.8  # a step succeeds when this share of the batch leaves its own class ...
     all_to_all_sink_share: float = 0.5  # ... and no destination takes more than this share of the flips
+    # Class scheduling (scans/schedule.py) for heads of more than `schedule_above` classes: a short screen of
+    # every class, then the full search on the shortlists and on `schedule_reference` random classes
+    # (defaults: ScheduleParams's own)
+    schedule_above: int = ScheduleParams.above  # 0: never schedule
+    schedule_screen_steps: int = ScheduleParams.screen_steps
+    schedule_screen_batch_size: int = ScheduleParams.screen_batch_size
+    schedule_screen_chunk_images: int = ScheduleParams.screen_chunk_images
+    schedule_shortlist: int = ScheduleParams.shortlist
+    schedule_logit_shortlist: int = ScheduleParams.logit_shortlist
+    schedule_reference: int = ScheduleParams.reference
     seed: int = 0
+
+    @property
+    def schedule(self) -> ScheduleParams:
+        return ScheduleParams(above=self.schedule_above, screen_steps=self.schedule_screen_steps,
+                              screen_batch_size=self.schedule_screen_batch_size, screen_chunk_images=self.schedule_screen_chunk_images,
+                              shortlist=self.schedule_shortlist, logit_shortlist=self.schedule_logit_shortlist,
+                              reference=self.schedule_reference)
 
     def __post_init__(self):
         if self.margin_blend_ratio < 0 or not 0 < self.margin_p <= 1 or self.margin_starts < 1 or self.margin_steps < 1:
@@ -100,6 +118,10 @@ class GenerativeParams:
                              "all_to_all_spread >= 0, all_to_all_flip_rate and all_to_all_sink_share in (0, 1]")
         if not 0 < self.mask_share <= 1:
             raise ValueError("generative: mask_share must be in (0, 1]")
+        try:
+            self.schedule
+        except ValueError as exc:
+            raise ValueError(f"generative: schedule_* parameters: {exc}") from None
 
 
 class PatchGenerator(nn.Module):
@@ -168,9 +190,10 @@ class GenerativeResult(NeuralCleanseResult):
     warp: WarpSearch | None = None
     blend: BlendSearch | None = None
     all_to_all: AllToAllSearch | None = None
-    margins: list[float] | None = None  # MM-BD's per-class largest margins, when a blend ratio called for it
+    margins: list[float | None] | None = None  # MM-BD's per-class largest margins, when a blend ratio called for it (None: not searched)
     margin_top: int | None = None
     margin_p: float | None = None
+    schedule: ClassSchedule | None = None  # when the classes were scheduled: which ran the full search
 
     @property
     def margin_rule(self) -> tuple[float, float]:
@@ -197,7 +220,7 @@ class GenerativeResult(NeuralCleanseResult):
         if self.warp is None:
             return []
         asr = self.warp.asr
-        return sorted((c for c, a in enumerate(asr) if a >= thresholds.min_generative_asr), key=lambda c: -asr[c])
+        return sorted((c for c, a in enumerate(asr) if a is not None and a >= thresholds.min_generative_asr), key=lambda c: -asr[c])
 
     def blend_hits(self, thresholds) -> list[int]:
         """The classes an image-wide blend reaches at most `max_blend_ratio` of the other classes' median alpha."""
@@ -219,6 +242,10 @@ class GenerativeResult(NeuralCleanseResult):
         """Classes whose NC mask is an outlier beyond `nc_alone_threshold` (and small against the median):
         evidence strong enough without a sampled patch or a warp (a blended or image-wide trigger that
         a small patch only approximates)."""
+        if self.schedule is not None:
+            # Measured on a 1,000-class head: three clean classes scored 6.2-8.2 against the reference (the
+            # rule's 6 comes from 10-class models; the most extreme of 1,000 ordinary classes is far out)
+            return []
         strong = replace(thresholds, anomaly_threshold=max(thresholds.anomaly_threshold, thresholds.nc_alone_threshold))
         return NeuralCleanseResult.flagged(self, strong)
 
@@ -275,7 +302,7 @@ class GenerativeResult(NeuralCleanseResult):
                        f"held-out samples to it, {b.ratio(cls):.2f} of the alpha the other classes need (median; ")
             if cls in b.hits(thresholds.max_blend_ratio):
                 return reached + f"flag at <= {thresholds.max_blend_ratio:g}: a Blended-style trigger)"
-            others = sorted(m for k, m in enumerate(self.margins) if k != cls)
+            others = sorted(m for k, m in enumerate(self.margins) if k != cls and m is not None)
             return (reached + f"above the {thresholds.max_blend_ratio:g} flag alone, within {self.margin_rule[0]:g}), and "
                     f"independently its largest reachable logit margin {self.margins[cls]:.1f} is an outlier (others "
                     f"{others[0]:.1f}-{others[-1]:.1f}; MM-BD p = {self.margin_p:.2g} < {self.margin_rule[1]:g}): a "
@@ -334,8 +361,10 @@ class GenerativeResult(NeuralCleanseResult):
         out["blend"] = self.blend.summary() if self.blend is not None else None
         out["all_to_all"] = self.all_to_all.summary() if self.all_to_all is not None else None
         out["blend_margin"] = None if self.margins is None else {
-            "margins": [round(m, 3) for m in self.margins], "top": self.margin_top, "p_value": float(f"{self.margin_p:.3g}"),
+            "margins": [None if m is None else round(m, 3) for m in self.margins], "top": self.margin_top, "p_value": float(f"{self.margin_p:.3g}"),
             "rule": {"max_blend_ratio": self.margin_rule[0], "max_p_value": self.margin_rule[1]}}
+        if self.schedule is not None:
+            out["class_schedule"] = self.schedule.summary()
         return out
 
 
@@ -417,24 +446,39 @@ def learn_distribution(handle, fit_x, eval_x, eval_y, target: int, mask: torch.T
     return CandidateDistribution(target, size, top, left, patches, asr, diversity, g.cpu(), time.perf_counter() - start)
 
 
-def run_blend_search(handle, fit_x, eval_x, eval_y, params: GenerativeParams) -> BlendSearch:
+def run_blend_search(handle, fit_x, eval_x, eval_y, params: GenerativeParams, schedule: ClassSchedule | None = None) -> BlendSearch:
     """The generative scan's blend search with its parameters (frozen weights are the caller's job)."""
     return blend_search(handle, fit_x, eval_x, eval_y, steps=params.blend_steps, batch_size=params.blend_batch_size,
-                        lr=params.blend_lr, min_asr=params.blend_asr, eval_samples=params.blend_eval_samples, seed=params.seed)
+                        lr=params.blend_lr, min_asr=params.blend_asr, eval_samples=params.blend_eval_samples, seed=params.seed,
+                        classes=None if schedule is None else schedule.full, reference=None if schedule is None else schedule.reference)
 
 
-def run_maximum_margins(handle, params: GenerativeParams, progress=None) -> list[float]:
-    """MM-BD's per-class margins as the generative scan runs it to corroborate a blend ratio."""
+def run_maximum_margins(handle, params: GenerativeParams, progress=None, classes: list[int] | None = None) -> list[float | None]:
+    """MM-BD's per-class margins as the generative scan runs it to corroborate a blend ratio (None for a class
+    outside `classes`, when given)."""
     if progress:
         progress("maximum margin (MM-BD): a class is reached by blends more easily than most; is its margin an outlier too")
-    return maximum_margins(handle, MaxMarginParams(starts=params.margin_starts, steps=params.margin_steps, seed=params.seed), progress)
+    found = maximum_margins(handle, MaxMarginParams(starts=params.margin_starts, steps=params.margin_steps, seed=params.seed),
+                            progress, classes=classes)
+    if classes is None:
+        return found
+    by_class = dict(zip(classes, found))
+    return [by_class.get(c) for c in range(handle.num_classes)]
 
 
 def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParams, params: GenerativeParams,
                     progress=None) -> GenerativeResult:
     start = time.perf_counter()
-    nc = neural_cleanse(handle, fit_x, eval_x, eval_y, nc_params, progress)
-    ranked = sorted(range(handle.num_classes), key=lambda cls: -nc.anomaly_index[cls])[: params.candidates]
+    schedule = None
+    if params.schedule.applies(handle.num_classes):
+        nc, schedule = scheduled_neural_cleanse(handle, fit_x, eval_x, eval_y, nc_params, params.schedule, progress)
+    else:
+        nc = neural_cleanse(handle, fit_x, eval_x, eval_y, nc_params, progress)
+    searched = None if schedule is None else schedule.full
+    pool = range(handle.num_classes) if searched is None else searched
+    ranked = sorted(pool, key=lambda cls: -nc.anomaly_index[cls])[: params.candidates]
+    if schedule is not None:
+        ranked = schedule.candidates(ranked, params.candidates)
     flags = _freeze(handle.module)
     try:
         dists = []
@@ -448,32 +492,37 @@ def generative_scan(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParam
                 progress(f"warp search: every class, smooth warps of at most {params.warp_strength:g} px")
             warp = warp_search(handle, fit_x, eval_x, eval_y, strength=params.warp_strength, grid=params.warp_grid,
                                steps=params.warp_steps, batch_size=params.warp_batch_size, lr=params.warp_lr,
-                               eval_samples=params.asr_eval_samples, seed=params.seed)
+                               eval_samples=params.asr_eval_samples, seed=params.seed, classes=searched)
         blend = None
         if params.blend_steps:
             if progress:
                 progress(f"blend search: every class, image-wide blends from alpha {LADDER[0]:g} up")
-            blend = run_blend_search(handle, fit_x, eval_x, eval_y, params)
+            blend = run_blend_search(handle, fit_x, eval_x, eval_y, params, schedule)
         all_to_all = None
-        if params.all_to_all_steps:
+        # not on a scheduled head: on a 100-class one a clean model's smallest all-to-all mask was 0.03 of the
+        # per-class median (moving each image to a neighbouring class is cheap when classes are fine-grained)
+        if params.all_to_all_steps and schedule is None:
             if progress:
                 progress("all-to-all search: one trigger that sends images away from their own class, to many classes")
             all_to_all = all_to_all_search(
-                handle, fit_x, eval_x, reference_norm=float(torch.tensor(nc.norms).median()), steps=params.all_to_all_steps,
+                handle, fit_x, eval_x, reference_norm=float(torch.tensor([nc.norms[c] for c in (nc.reference or pool)]).median()),
+                steps=params.all_to_all_steps,
                 batch_size=params.all_to_all_batch_size, lr=params.all_to_all_lr, schedule=nc_params,
                 spread=params.all_to_all_spread, flip_rate=params.all_to_all_flip_rate, max_sink_share=params.all_to_all_sink_share,
                 eval_samples=params.asr_eval_samples, seed=params.seed, init_mask=nc.masks.mean(0))
         margins = None
         if blend is not None and params.margin_blend_ratio > 0 and \
-                min(blend.ratio(c) for c in range(handle.num_classes)) <= params.margin_blend_ratio:
-            margins = run_maximum_margins(handle, params, progress)
+                min(blend.ratio(c) for c in pool) <= params.margin_blend_ratio:
+            margins = run_maximum_margins(handle, params, progress, classes=searched)
     finally:
         _restore(handle.module, flags)
     fields_ = {k: getattr(nc, k) for k in NeuralCleanseResult.__dataclass_fields__}
-    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend, all_to_all=all_to_all)
+    result = GenerativeResult(**fields_, distributions=dists, warp=warp, blend=blend, all_to_all=all_to_all, schedule=schedule)
     if margins is not None:
         result.margins = margins
-        result.margin_top, result.margin_p = max_of_null_p_value(margins)
+        measured = [c for c in pool if margins[c] is not None]
+        top, result.margin_p = max_of_null_p_value([margins[c] for c in measured])
+        result.margin_top = measured[top]
     result.method = "generative"
     result.extra = {"generative_params": asdict(params)}
     result.seconds = time.perf_counter() - start
@@ -491,11 +540,16 @@ class GenerativeScanParams:
         self.generative = GenerativeParams(**{**gp, "seed": seed})
 
     def image_passes(self, num_classes: int) -> int:
-        """At most this many images forward and backward: the NC pass, each candidate's generator, the warp search."""
+        """At most this many images forward and backward: the NC pass, each candidate's generator, the warp search.
+        Scheduled (many classes): the screen of every class, then the per-class searches on the scheduled ones."""
         g = self.generative
-        return (self.nc.image_passes(num_classes) + min(g.candidates, num_classes) * g.steps * g.batch_size
+        screen = 0
+        if g.schedule.applies(num_classes):
+            screen = g.schedule.screen_passes(num_classes)
+            num_classes = g.schedule.full_classes(num_classes)
+        return (screen + self.nc.image_passes(num_classes) + min(g.candidates, num_classes) * g.steps * g.batch_size
                 + g.warp_steps * num_classes * g.warp_batch_size + len(LADDER) * g.blend_steps * num_classes * g.blend_batch_size
-                + g.all_to_all_steps * g.all_to_all_batch_size
+                + (0 if screen else g.all_to_all_steps * g.all_to_all_batch_size)
                 + (num_classes * g.margin_starts * g.margin_steps if g.margin_blend_ratio > 0 else 0))
 
 
@@ -512,7 +566,10 @@ class GenerativeScanParams:
             "a strong blend (25% of a high-contrast pattern) that the task's own classes need nearly as much of; a patch target that the NC pass "
             "ranks below the candidates is not examined; a pass does not rule those out. A class that is naturally "
             "easy to reach with a patch can be flagged on a clean model (Fashion-MNIST's Bag on one of six clean zoo "
-            "models): look at its recovered triggers before calling it a backdoor."),
+            "models): look at its recovered triggers before calling it a backdoor. On a head of more than `schedule_above` classes "
+            "every class gets a short screen and only the promising ones and a random reference run the full search "
+            "(scans/schedule.py): a target the screen does not rank among the shortlists is searched only if drawn for the reference; "
+            "there the all-to-all search and the NC-index-alone flag are off (both false-alarmed on a clean many-class task)."),
     params_type=GenerativeScanParams,
     quick={"nc_max_steps": 3, "candidates": 1, "steps": 2, "samples": 2, "warp_steps": 2, "blend_steps": 2, "margin_steps": 2, "margin_starts": 1, "all_to_all_steps": 2, "asr_eval_samples": 50, "blend_eval_samples": 50,
            "nc_asr_eval_samples": 50},

@@ -111,13 +111,15 @@ class MaxMarginResult:
                 "p_value": self.p_value, "seconds": round(self.seconds, 2), "params": asdict(self.params)}
 
 
-def maximum_margins(handle, params: MaxMarginParams, progress=None) -> list[float]:
-    """Per class, the largest logit margin over the pixel box found from `starts` random images."""
+def maximum_margins(handle, params: MaxMarginParams, progress=None, classes: list[int] | None = None) -> list[float]:
+    """Per class (per class of `classes`, in its order, when given), the largest logit margin over the pixel
+    box found from `starts` random images."""
     device = handle.device
     c, h, w = handle.input_shape
     k = handle.num_classes
+    searched = torch.arange(k) if classes is None else torch.tensor(list(classes))
     gen = torch.Generator().manual_seed(params.seed)
-    rows = torch.arange(k).repeat_interleave(params.starts)  # the class each optimised image pushes up
+    rows = searched.repeat_interleave(params.starts)  # the class each optimised image pushes up
     init = torch.rand(len(rows), c, h, w, generator=gen) * 0.98 + 0.01
     best = torch.full((len(rows),), -float("inf"))
     for begin in range(0, len(rows), params.batch_size):
@@ -138,7 +140,7 @@ def maximum_margins(handle, params: MaxMarginParams, progress=None) -> list[floa
         best[begin:begin + len(chunk)] = chunk_best.cpu()
         if progress:
             progress(f"max-margin: {min(begin + params.batch_size, len(rows))}/{len(rows)} images optimised")
-    return best.view(k, params.starts).amax(1).tolist()
+    return best.view(len(searched), params.starts).amax(1).tolist()
 
 
 def max_margin_scan(handle, fit_x, params: MaxMarginParams, progress=None) -> MaxMarginResult:

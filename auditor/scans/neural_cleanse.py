@@ -62,6 +62,13 @@ class NeuralCleanseResult:
     fit_samples: int
     method: str = "neural-cleanse"
     extra: dict = field(default_factory=dict)
+    # When classes were scheduled (scans/schedule.py): the randomly drawn classes that ran the full search,
+    # whose norms give the median and MAD every class is compared with. None: every class ran in full.
+    reference: list[int] | None = None
+
+    def median_norm(self) -> float:
+        norms = self.norms if self.reference is None else [self.norms[c] for c in self.reference]
+        return sorted(norms)[len(norms) // 2]
 
     def ranking(self) -> list[int]:
         return sorted(range(len(self.anomaly_index)), key=lambda c: -self.anomaly_index[c])
@@ -70,7 +77,7 @@ class NeuralCleanseResult:
         """Anomaly index above the threshold AND a mask at most `max_mask_ratio` of the median (a tight
         cluster of norms makes the MAD tiny and would otherwise flag an ordinary class)."""
         idx, norms = self.anomaly_index, self.norms
-        median = sorted(norms)[len(norms) // 2]
+        median = self.median_norm()
         return sorted((c for c, a in enumerate(idx) if a > thresholds.anomaly_threshold and norms[c] <= thresholds.max_mask_ratio * median),
                       key=lambda c: -idx[c])
 
@@ -81,8 +88,8 @@ class NeuralCleanseResult:
         return [Trigger(self.masks[cls], self.patterns[cls], cls, "recovered")]
 
     def evidence(self, cls: int, thresholds, label: str) -> str:
-        median = sorted(self.norms)[len(self.norms) // 2]
-        asr = f", recovered-trigger ASR {self.recovered_asr[cls]:.0%}" if self.recovered_asr else ""
+        median = self.median_norm()
+        asr = f", recovered-trigger ASR {self.recovered_asr[cls]:.0%}" if self.recovered_asr and self.recovered_asr[cls] is not None else ""
         return (f"class {label} has anomaly index {self.anomaly_index[cls]:.2f} > {thresholds.anomaly_threshold:g} "
                 f"(trigger mask L1 {self.norms[cls]:.1f} vs median {median:.1f}{asr})")
 
@@ -104,7 +111,7 @@ class NeuralCleanseResult:
             "anomaly_index": [round(a, 3) for a in self.anomaly_index],
             "converged": self.converged,
             "steps": self.steps,
-            "recovered_asr": [round(a, 4) for a in self.recovered_asr],
+            "recovered_asr": [None if a is None else round(a, 4) for a in self.recovered_asr],
             "seconds": round(self.seconds, 2),
             "fit_samples": self.fit_samples,
             "params": asdict(self.params),
@@ -118,15 +125,21 @@ def mad_index(values: torch.Tensor) -> torch.Tensor:
     return (median - values) / mad.clamp_min(1e-12)
 
 
-def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
+def anomaly_index(norms: torch.Tensor, reference: list[int] | None = None) -> torch.Tensor:
     """The MAD anomaly index of the LOG mask norms (Neural Cleanse uses the norms themselves).
 
     Chosen by measurement over the zoo (docs/methods.md, "Detection statistic"): a few classes unlike the
     others need very large masks (Blended model: 162 and 252 against a median of 42), which on the
     raw scale inflate the MAD until a clear small outlier (4.4, a tenth of the median) scores 1.3
     and is missed; on the log scale it scores 3.3. Mask sizes are multiplicative (a mask twice as
-    large is as unusual whatever the median), which is what the log scale measures."""
-    return mad_index(norms.clamp_min(1e-6).log())
+    large is as unusual whatever the median), which is what the log scale measures. `reference`: the
+    classes whose norms give the median and MAD (scheduled scans); default every class."""
+    logs = norms.clamp_min(1e-6).log()
+    if reference is None:
+        return mad_index(logs)
+    base = logs[reference]
+    median = base.median()
+    return (median - logs) / (1.4826 * (base - median).abs().median()).clamp_min(1e-12)
 
 
 def _freeze(module):
@@ -243,7 +256,8 @@ def neural_cleanse(
     return result
 
 
-def recovered_trigger_asr(handle, result, eval_x, eval_y, limit: int, seed: int) -> list[float]:
+def recovered_trigger_asr(handle, result, eval_x, eval_y, limit: int, seed: int, classes=None) -> list[float | None]:
+    """Per class (None for a class outside `classes`, when given)."""
     from ..metrics import attack_success_rate
 
     gen = torch.Generator().manual_seed(seed + 1)
@@ -251,6 +265,9 @@ def recovered_trigger_asr(handle, result, eval_x, eval_y, limit: int, seed: int)
     x, y = eval_x[pick], eval_y[pick]
     out = []
     for cls in range(handle.num_classes):
+        if classes is not None and cls not in classes:
+            out.append(None)
+            continue
         stamped = (1 - result.masks[cls]) * x + result.masks[cls] * result.patterns[cls]
         out.append(attack_success_rate(handle.predict(stamped, backend="torch"), y, cls))
     return out

@@ -25,27 +25,31 @@ from ..triggers import Trigger, identity_grid, pixel_in_grid_units
 
 @dataclass
 class WarpSearch:
-    grids: torch.Tensor  # K x H x W x 2 sampling grids for grid_sample (align_corners=True)
-    asr: list[float]  # per class, on held-out samples not of the class
+    grids: torch.Tensor  # one H x W x 2 sampling grid (grid_sample, align_corners=True) per class searched
+    asr: list[float | None]  # per class, on held-out samples not of the class; None: not searched
     strength: float
     steps: int
     seconds: float
+    classes: list[int] | None = None  # the classes searched, in the grids' order; None: every class
 
     def trigger(self, cls: int) -> Trigger:
-        return Trigger(None, None, cls, "recovered", grid=self.grids[cls], kind="warp")
+        row = cls if self.classes is None else self.classes.index(cls)
+        return Trigger(None, None, cls, "recovered", grid=self.grids[row], kind="warp")
 
     def summary(self) -> dict:
-        return {"strength": self.strength, "steps": self.steps, "asr": [round(a, 4) for a in self.asr],
+        return {"strength": self.strength, "steps": self.steps, "asr": [None if a is None else round(a, 4) for a in self.asr],
                 "seconds": round(self.seconds, 2)}
 
 
 def warp_search(handle, fit_x, eval_x, eval_y, *, strength: float, grid: int, steps: int, batch_size: int, lr: float,
-                eval_samples: int, seed: int) -> WarpSearch:
-    """The model's parameters must already be frozen (the caller's scan does that)."""
+                eval_samples: int, seed: int, classes: list[int] | None = None) -> WarpSearch:
+    """The model's parameters must already be frozen (the caller's scan does that). `classes`: search only
+    these (scheduled scans); the others' ASR is None."""
     start = time.perf_counter()
     device = handle.device
     c, h, w = handle.input_shape
-    k = handle.num_classes
+    searched = list(range(handle.num_classes)) if classes is None else list(classes)
+    k = len(searched)
     gen = torch.Generator().manual_seed(seed + 3)
     raw = (torch.randn(k, 2, grid, grid, generator=gen) * 0.01).to(device).requires_grad_(True)
     opt = torch.optim.Adam([raw], lr=lr)
@@ -63,7 +67,7 @@ def warp_search(handle, fit_x, eval_x, eval_y, *, strength: float, grid: int, st
         return F.grid_sample(stacked, g, padding_mode="border", align_corners=True).reshape(k * n, c, h, w)  # as Trigger.apply
 
     x_all = fit_x.to(device)
-    targets = torch.arange(k, device=device)[:, None].expand(k, batch_size).reshape(-1)
+    targets = torch.tensor(searched, device=device)[:, None].expand(k, batch_size).reshape(-1)
     for _ in range(steps):
         batch = x_all[torch.randint(len(x_all), (batch_size,), generator=gen).to(device)]
         loss = F.cross_entropy(handle.forward(warp_all(batch, grids())), targets)
@@ -74,7 +78,8 @@ def warp_search(handle, fit_x, eval_x, eval_y, *, strength: float, grid: int, st
         final = grids().cpu()
     pick = torch.randperm(len(eval_y), generator=gen)[:eval_samples]
     ex, ey = eval_x[pick], eval_y[pick]
-    result = WarpSearch(final, [], strength, steps, 0.0)
-    result.asr = [attack_success_rate(handle.predict(result.trigger(cls).apply(ex), backend="torch"), ey, cls) for cls in range(k)]
+    result = WarpSearch(final, [], strength, steps, 0.0, classes=None if classes is None else searched)
+    result.asr = [attack_success_rate(handle.predict(result.trigger(cls).apply(ex), backend="torch"), ey, cls)
+                  if cls in searched else None for cls in range(handle.num_classes)]
     result.seconds = time.perf_counter() - start
     return result
