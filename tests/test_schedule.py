@@ -70,6 +70,8 @@ def test_many_classes_are_scheduled_and_the_planted_class_found():
     assert torch.allclose(torch.tensor(result.anomaly_index), expected)
     assert result.anomaly_index[PLANTED] > 6
     assert PLANTED in result.flagged(ScanThresholds())
+    # only classes searched in full are ranked first and suspected (a screened-out mask is not comparable)
+    assert set(result.ranking()[:len(full)]) == set(full) and set(result.suspects(ScanThresholds())) <= set(full)
     # patch candidates: the screen's first and the index's first; no all-to-all search on a scheduled head
     assert [d.target for d in result.distributions] == schedule.candidates(result.ranking(), 3) and result.all_to_all is None
     assert {schedule.screen_order()[0], result.ranking()[0]} <= {d.target for d in result.distributions}

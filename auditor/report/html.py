@@ -386,8 +386,9 @@ def _schedule_paragraph(result: dict, schedule: dict | None) -> str:
             f"{schedule['screen_steps']}-step screen; {len(schedule['full_search'])} ran the full search (the table): the "
             f"{len(schedule['shortlist'])} with the smallest screening masks, {len(schedule['logit_shortlist'])} most often "
             f"second-highest on clean images, and {len(schedule['reference'])} drawn at random, the reference the anomaly index "
-            "and the blend ratio are measured against. A class screened out keeps its screening mask, an upper bound on its "
-            "mask (so its index is a lower bound); those are in the JSON (<code>class_schedule</code>).</p>")
+            "and the blend ratio are measured against. Only those are ranked, flagged or suspected: a class screened out keeps "
+            "its screening mask, which is not comparable (an unconverged screen leaves a small, unsuccessful mask); the screen's "
+            "numbers are in the JSON (<code>class_schedule</code>).</p>")
 
 
 def _figure(label: str, b64: str, group: str) -> str:

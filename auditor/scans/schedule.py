@@ -16,8 +16,9 @@ rounds, which keeps the numbers reproducible and the statistics honest:
    against the median and spread of the reference classes only, an unbiased sample of what an ordinary
    class of this model needs (the shortlist is biased towards easy classes and would hide an outlier).
 
-A class left out after screening keeps its screening mask, whose L1 is an upper bound on what the full
-search would find, so its anomaly index is a lower bound; the JSON names which classes ran in full.
+A class left out after screening keeps its screening mask. That is not comparable with a full search's:
+a class the screen did not bring to success has a small, unsuccessful mask there. So the scan ranks,
+flags and suspects only classes searched in full; the JSON names them.
 """
 
 from __future__ import annotations
