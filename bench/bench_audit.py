@@ -63,7 +63,7 @@ def audits(cases) -> None:
             res = r["result"]
             before, after = res["metrics"]["before"] or {}, res["metrics"].get("after") or {}
             scan = res.get("scan") or {}
-            top = max(scan.get("anomaly_index") or [float("nan")])
+            top = max([a for a in scan.get("anomaly_index") or [] if a is not None] or [float("nan")])
             acc = f"{pct(before.get('c_acc'))} → {pct(after.get('c_acc'))}" if after else pct(before.get("c_acc"))
             asr = f"{pct(before.get('asr'))} → {pct(after.get('asr'))}" if trigger else "—"
             split = f"{pct(after.get('asr_no_trigger'))} / {pct(after.get('asr_trigger_flips'))}" if trigger and after else "—"

@@ -46,17 +46,17 @@ def scan_one(name: str, seed: int, per_class: int, params: dict, summaries: Path
     flagged = session.flagged(result)
     row = {"model": name, "classes": handle.num_classes, "seed": seed, "seconds": round(seconds, 1), "flagged": flagged,
            "target": target, "found": target in flagged, "index_rank": result.ranking().index(target),
-           "target_index": round(result.anomaly_index[target], 2), "priced_passes": passes,
+           "target_index": None if result.anomaly_index[target] is None else round(result.anomaly_index[target], 2), "priced_passes": passes,
            "fit": len(session.split.fit), "eval": len(session.split.eval),
            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
            "evidence": {c: result.evidence(c, session.thresholds, str(c)) for c in flagged},
-           "top_indices": sorted(((round(a, 2), c) for c, a in enumerate(result.anomaly_index)), reverse=True)[:8]}
+           "top_indices": sorted(((round(a, 2), c) for c, a in enumerate(result.anomaly_index) if a is not None), reverse=True)[:8]}
     if summaries is not None:
         summaries.mkdir(parents=True, exist_ok=True)
         (summaries / f"{name}.s{seed}{'.unscheduled' if 'schedule_above' in params else ''}.json").write_text(json.dumps(result.summary()) + "\n")
     if result.schedule is not None:
         s = result.schedule
-        row.update({"full_search": len(s.full), "screen_rank": s.screen_order().index(target), "in_shortlist": target in s.shortlist,
+        row.update({"full_search": len(s.full), "screen_rank": s.screen_order.index(target), "in_shortlist": target in s.shortlist,
                     "in_logit_shortlist": target in s.logit_shortlist, "screen_seconds": round(s.screen_seconds, 1)})
     return row
 

@@ -84,7 +84,7 @@ def run_one(model: str, scan: str, per_class: str, seed: str = "0", reference: s
            "planted_all_to_all": bool((meta.get("trigger") or {}).get("all_to_all")), "attack": meta.get("attack", "badnets" if meta.get("trigger") else None),
            "argmax": result.ranking()[0],
            # the scan's own statistic for its most suspicious class: NC's anomaly index, or max-margin's p-value
-           "top_index": max(result.anomaly_index) if hasattr(result, "anomaly_index") else None,
+           "top_index": max(a for a in result.anomaly_index if a is not None) if hasattr(result, "anomaly_index") else None,
            "p_value": getattr(result, "p_value", None),
            "rec_asr": result.recovered_asr[flagged[0]] if flagged and getattr(result, "recovered_asr", None) else None,
            "generative": [d.summary() for d in getattr(result, "distributions", [])], "scan_seconds": result.seconds,

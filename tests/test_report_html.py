@@ -54,14 +54,18 @@ def test_a_scheduled_scan_shows_the_classes_searched_in_full():
     result = {"config": {"min_generative_asr": 0.8, "anomaly_threshold": 2.5, "max_mask_ratio": 0.5, "nc_alone_threshold": 6.0},
               "model": {"class_names": None}}
     full = [3, 7, 40, 41, 99]
-    scan = {"method": "generative", "flagged_classes": [7], "suspected_classes": [55], "norms": [40.0] * k, "anomaly_index": [0.0] * k,
+    index = [(4.0 if c == 7 else 0.5) if c in full else None for c in range(k)]
+    after_index = [0.2 if c in full and c != 3 else None for c in range(k)]  # the repaired model's scan scheduled other classes
+    scan = {"method": "generative", "flagged_classes": [7], "suspected_classes": [40], "norms": [40.0] * k, "anomaly_index": index,
+            "after": {"norms": [40.0] * k, "anomaly_index": after_index},
             "recovered_asr": [0.5 if c in full else None for c in range(k)], "seconds": 1.0, "fit_samples": 100,
             "warp": {"strength": 2.0, "steps": 80, "asr": [0.9 if c == 7 else 0.1 if c in full else None for c in range(k)], "seconds": 1.0},
             "class_schedule": {"classes": k, "full_search": full, "shortlist": [7, 3], "logit_shortlist": [40], "reference": [41, 99],
                                "screen_steps": 30}}
     text = _scan_section(dict(result, scan=scan))
     table = text.split("Mask L1")[1].split("</table>")[0]
-    assert table.count("<tr") == len(full) + 1  # the classes searched in full, and the suspect screened out
+    assert table.count("<tr") == len(full)  # the classes searched in full
+    assert table.count("not searched in full") == 1 and "None" not in table
     assert "Class scheduling: this model has 100 classes" in text and "never flags one by itself" in text
     warp = text.split("Warp search")[1]
     assert warp.count("FLAGGED") == 1 and "None" not in warp

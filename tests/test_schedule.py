@@ -11,7 +11,7 @@ from torch import nn
 from auditor.model import ModelHandle, ModelInfo
 from auditor.scans.base import ScanThresholds
 from auditor.scans.generative import GenerativeParams, GenerativeScanParams, generative_scan
-from auditor.scans.neural_cleanse import anomaly_index
+from auditor.scans.neural_cleanse import NeuralCleanseResult, anomaly_index
 
 K, PLANTED = 48, 17
 
@@ -66,15 +66,20 @@ def test_many_classes_are_scheduled_and_the_planted_class_found():
     assert all((result.warp.asr[c] is None) == (c not in full) for c in range(K))
     assert all(result.blend.alphas[c] is None for c in range(K) if c not in full)
     # the index is measured against the reference classes alone
+    # on the classes searched in full alone; a screened-out class has none (its short screen's mask is not comparable)
     expected = anomaly_index(torch.tensor(result.norms), schedule.reference)
-    assert torch.allclose(torch.tensor(result.anomaly_index), expected)
+    assert all((result.anomaly_index[c] is None) == (c not in full) for c in range(K))
+    assert torch.allclose(torch.tensor([result.anomaly_index[c] for c in full]), expected[full])
     assert result.anomaly_index[PLANTED] > 6
     assert PLANTED in result.flagged(ScanThresholds())
-    # only classes searched in full are ranked first and suspected (a screened-out mask is not comparable)
-    assert set(result.ranking()[:len(full)]) == set(full) and set(result.suspects(ScanThresholds())) <= set(full)
+    # only classes searched in full are ranked first, flagged or suspected, whatever the thresholds
+    assert set(result.ranking()[:len(full)]) == set(full) and sorted(result.ranking()) == list(range(K))
+    everything = ScanThresholds(anomaly_threshold=-1e9, max_mask_ratio=1e9)
+    assert set(NeuralCleanseResult.flagged(result, everything)) == set(full)
+    assert set(result.suspects(everything)) <= set(full)
     # patch candidates: the screen's first and the index's first; no all-to-all search on a scheduled head
     assert [d.target for d in result.distributions] == schedule.candidates(result.ranking(), 3) and result.all_to_all is None
-    assert {schedule.screen_order()[0], result.ranking()[0]} <= {d.target for d in result.distributions}
+    assert {schedule.screen_order[0], result.ranking()[0]} <= {d.target for d in result.distributions}
     summary = json.loads(json.dumps(result.summary()))
     assert summary["class_schedule"]["full_search"] == full and len(summary["class_schedule"]["screen_norms"]) == K
 

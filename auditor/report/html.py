@@ -340,7 +340,8 @@ def _scan_section(result: dict) -> str:
         return _other_scan_section(result, scan)
     after = scan.get("after") or {}
     threshold = result["config"]["anomaly_threshold"]
-    top = max([abs(a) for a in scan["anomaly_index"]] + [threshold, 1e-9])
+    # a scheduled scan leaves its screened-out classes without an index (null)
+    top = max([abs(a) for a in scan["anomaly_index"] if a is not None] + [threshold, 1e-9])
     rows = []
     schedule = scan.get("class_schedule")
     shown = range(len(scan["norms"])) if not schedule else sorted(
@@ -351,7 +352,9 @@ def _scan_section(result: dict) -> str:
         width = int(120 * max(index, 0) / top)
         bar = f'<span class="bar{" hot" if flagged else ""}" style="width:{width}px"></span>'
         asr = scan["recovered_asr"][c] if scan.get("recovered_asr") else None
-        after_cells = (f"<td>{after['norms'][c]:.1f}</td><td>{after['anomaly_index'][c]:.2f}</td>" if after else "")
+        after_index = after["anomaly_index"][c] if after else None
+        after_cells = (f"<td>{after['norms'][c]:.1f}</td><td>{'not searched in full' if after_index is None else f'{after_index:.2f}'}</td>"
+                       if after else "")
         mark = "FLAGGED" if flagged else ("suspected (not flagged)" if c in scan.get("suspected_classes", []) else "")
         rows.append(f'<tr class="{"flag" if flagged else ""}"><td>{_class_label(result, c)}</td><td>{norm:.1f}</td>'
                     f"<td>{index:.2f} {bar}</td><td>{_pct(asr)}</td><td>{mark}</td>{after_cells}</tr>")

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -94,12 +95,10 @@ class GenerativeParams:
     schedule_reference: int = ScheduleParams.reference
     seed: int = 0
 
-    @property
+    @cached_property
     def schedule(self) -> ScheduleParams:
-        return ScheduleParams(above=self.schedule_above, screen_steps=self.schedule_screen_steps,
-                              screen_batch_size=self.schedule_screen_batch_size, screen_chunk_images=self.schedule_screen_chunk_images,
-                              shortlist=self.schedule_shortlist, logit_shortlist=self.schedule_logit_shortlist,
-                              reference=self.schedule_reference)
+        """The `schedule_*` fields as the scheduler's parameters (built once; validated on construction)."""
+        return ScheduleParams(**{f.name: getattr(self, f"schedule_{f.name}") for f in fields(ScheduleParams)})
 
     def __post_init__(self):
         if self.margin_blend_ratio < 0 or not 0 < self.margin_p <= 1 or self.margin_starts < 1 or self.margin_steps < 1:
@@ -270,18 +269,7 @@ class GenerativeResult(NeuralCleanseResult):
         easy class's patches reached the ASR flag, the defense unlearned only the wrong class
         (docs/benchmarks.md, "ResNet-18 Blended")."""
         flagged = self.flagged(thresholds)
-        # on a scheduled head only the classes searched in full: a class the screen left unconverged has a small,
-        # unsuccessful mask, not comparable (on a 1,000-class model 150 such classes were suspected and unlearned)
-        full = range(len(self.norms)) if self.schedule is None else self.schedule.full
-        return [c for c in NeuralCleanseResult.flagged(self, thresholds) if c not in flagged and c in full]
-
-    def ranking(self) -> list[int]:
-        """By anomaly index; on a scheduled head the classes searched in full first."""
-        order = super().ranking()
-        if self.schedule is None:
-            return order
-        full = set(self.schedule.full)
-        return [c for c in order if c in full] + [c for c in order if c not in full]
+        return [c for c in NeuralCleanseResult.flagged(self, thresholds) if c not in flagged]
 
     def triggers(self, cls: int, input_shape, thresholds) -> list[Trigger]:
         """The sampled distribution, the warp and/or the blend, whichever flagged the class, or the NC

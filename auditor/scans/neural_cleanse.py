@@ -53,7 +53,10 @@ class NeuralCleanseResult:
     masks: torch.Tensor  # K x 1 x H x W, best successful mask per class
     patterns: torch.Tensor  # K x C x H x W
     norms: list[float]  # L1 norm of each best mask
-    anomaly_index: list[float]  # MAD index of the log norms (anomaly_index()): positive means smaller than typical
+    # MAD index of the log norms (anomaly_index()): positive means smaller than typical. None for a class whose
+    # mask is not comparable with the others' (a scheduled scan's screened-out classes); such a class is never
+    # ranked ahead of one with an index, flagged or suspected
+    anomaly_index: list[float | None]
     converged: list[bool]  # reached the success threshold at least once
     steps: list[int]
     recovered_asr: list[float]  # on held-out samples not of the class, stamped with the class's trigger
@@ -71,15 +74,17 @@ class NeuralCleanseResult:
         return sorted(norms)[len(norms) // 2]
 
     def ranking(self) -> list[int]:
-        return sorted(range(len(self.anomaly_index)), key=lambda c: -self.anomaly_index[c])
+        """Every class: those with an index, highest first, then those without, in class order."""
+        idx = self.anomaly_index
+        return sorted(range(len(idx)), key=lambda c: (idx[c] is None, -(idx[c] or 0.0), c))
 
     def flagged(self, thresholds) -> list[int]:
         """Anomaly index above the threshold AND a mask at most `max_mask_ratio` of the median (a tight
         cluster of norms makes the MAD tiny and would otherwise flag an ordinary class)."""
         idx, norms = self.anomaly_index, self.norms
         median = self.median_norm()
-        return sorted((c for c, a in enumerate(idx) if a > thresholds.anomaly_threshold and norms[c] <= thresholds.max_mask_ratio * median),
-                      key=lambda c: -idx[c])
+        return sorted((c for c, a in enumerate(idx) if a is not None and a > thresholds.anomaly_threshold
+                       and norms[c] <= thresholds.max_mask_ratio * median), key=lambda c: -idx[c])
 
     def suspects(self, thresholds) -> list[int]:
         return []  # its flags are all it has
@@ -94,7 +99,8 @@ class NeuralCleanseResult:
                 f"(trigger mask L1 {self.norms[cls]:.1f} vs median {median:.1f}{asr})")
 
     def describe_class(self, cls: int) -> str:
-        return f"mask was L1 {self.norms[cls]:.1f} (anomaly index {self.anomaly_index[cls]:.2f}"
+        index = self.anomaly_index[cls]
+        return f"mask was L1 {self.norms[cls]:.1f} (" + ("not searched in full" if index is None else f"anomaly index {index:.2f}")
 
     def pictures(self, classes, thresholds, example, label) -> list:
         from ..report.images import trigger_pictures
@@ -108,7 +114,7 @@ class NeuralCleanseResult:
         return {
             "method": self.method,
             "norms": [round(n, 3) for n in self.norms],
-            "anomaly_index": [round(a, 3) for a in self.anomaly_index],
+            "anomaly_index": [None if a is None else round(a, 3) for a in self.anomaly_index],
             "converged": self.converged,
             "steps": self.steps,
             "recovered_asr": [None if a is None else round(a, 4) for a in self.recovered_asr],

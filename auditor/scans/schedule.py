@@ -16,9 +16,9 @@ rounds, which keeps the numbers reproducible and the statistics honest:
    against the median and spread of the reference classes only, an unbiased sample of what an ordinary
    class of this model needs (the shortlist is biased towards easy classes and would hide an outlier).
 
-A class left out after screening keeps its screening mask. That is not comparable with a full search's:
-a class the screen did not bring to success has a small, unsuccessful mask there. So the scan ranks,
-flags and suspects only classes searched in full; the JSON names them.
+A class left out after screening keeps its screening mask but gets no anomaly index (`null` in the JSON):
+a class the screen did not bring to success has a small, unsuccessful mask there, not comparable with a
+full search's. So only classes searched in full are ranked by index, flagged or suspected.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class ScheduleParams:
         return num_classes * self.screen_steps * self.screen_batch_size
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassSchedule:
     num_classes: int
     shortlist: list[int]  # smallest screening masks first
@@ -69,27 +69,21 @@ class ClassSchedule:
     runner_up: list[int]  # per class: how many clean images had it second
     screen_seconds: float
     params: ScheduleParams
-
-    def screen_order(self) -> list[int]:
-        """Every class, the most promising first: screened to success, then by the screen's mask L1."""
-        return sorted(range(self.num_classes), key=lambda c: (not self.screen_converged[c], self.screen_norms[c], c))
+    screen_order: list[int]  # every class, the most promising first: screened to success, then by the screen's mask L1
+    full: list[int]  # the classes that run the full search, in class order
 
     def candidates(self, by_index: list[int], count: int) -> list[int]:
         """The generative scan's patch candidates: alternately the screen's order (the class reached fastest,
         K-Arm's criterion) and the full pass's anomaly index, `count` distinct classes. On a 100-class head
         the planted target was first in the screen but sixth by index: fine-grained classes all have small masks."""
         out: list[int] = []
-        for pair in zip(self.screen_order(), by_index + [None] * self.num_classes):
+        for pair in zip(self.screen_order, by_index + [None] * self.num_classes):
             for c in pair:
                 if c is not None and c not in out and len(out) < count:
                     out.append(c)
             if len(out) >= count:
                 break
         return out
-
-    @property
-    def full(self) -> list[int]:
-        return sorted(set(self.shortlist) | set(self.logit_shortlist) | set(self.reference))
 
     def summary(self) -> dict:
         return {"classes": self.num_classes, "full_search": self.full, "shortlist": self.shortlist,
@@ -110,8 +104,18 @@ def runner_up_counts(handle, x: torch.Tensor) -> list[int]:
     return counts.tolist()
 
 
-def screen(handle, fit_x, nc_params: NeuralCleanseParams, params: ScheduleParams, progress=None) -> NeuralCleanseResult:
-    """A short Neural Cleanse run for every class, in chunks of classes; norms, masks and patterns for all."""
+@dataclass
+class Screened:
+    """The screen's outcome for every class: its best mask and pattern after `screen_steps` steps."""
+    masks: torch.Tensor
+    patterns: torch.Tensor
+    norms: list[float]
+    converged: list[bool]
+    steps: list[int]
+
+
+def screen(handle, fit_x, nc_params: NeuralCleanseParams, params: ScheduleParams, progress=None) -> Screened:
+    """A short Neural Cleanse run for every class, in chunks of classes."""
     k = handle.num_classes
     short = replace(nc_params, max_steps=params.screen_steps, batch_size=params.screen_batch_size)
     per_chunk = max(1, params.screen_chunk_images // params.screen_batch_size)
@@ -121,25 +125,23 @@ def screen(handle, fit_x, nc_params: NeuralCleanseParams, params: ScheduleParams
         parts.append(neural_cleanse(handle, fit_x, params=short, classes=chunk))
         if progress:
             progress(f"class scheduling: screened {chunk[-1] + 1}/{k} classes ({params.screen_steps} steps each)")
-    norms = torch.tensor([n for p in parts for n in p.norms])
-    return NeuralCleanseResult(
-        masks=torch.cat([p.masks for p in parts]), patterns=torch.cat([p.patterns for p in parts]), norms=norms.tolist(),
-        anomaly_index=anomaly_index(norms).tolist(), converged=[v for p in parts for v in p.converged],
-        steps=[s for p in parts for s in p.steps], recovered_asr=[], seconds=sum(p.seconds for p in parts), params=short,
-        fit_samples=len(fit_x))
+    return Screened(masks=torch.cat([p.masks for p in parts]), patterns=torch.cat([p.patterns for p in parts]),
+                    norms=[n for p in parts for n in p.norms], converged=[v for p in parts for v in p.converged],
+                    steps=[s for p in parts for s in p.steps])
 
 
-def choose(num_classes: int, screened: NeuralCleanseResult, runner_up: list[int], params: ScheduleParams, seed: int,
+def choose(num_classes: int, screened: Screened, runner_up: list[int], params: ScheduleParams, seed: int,
            seconds: float) -> ClassSchedule:
-    schedule = ClassSchedule(num_classes, [], [], [], list(screened.norms), list(screened.converged), runner_up, seconds, params)
-    shortlist = schedule.screen_order()[: params.shortlist]
+    order = sorted(range(num_classes), key=lambda c: (not screened.converged[c], screened.norms[c], c))
+    shortlist = order[: params.shortlist]
     by_logit = sorted((c for c in range(num_classes) if c not in shortlist and runner_up[c] > 0), key=lambda c: (-runner_up[c], c))
     logit_shortlist = by_logit[: params.logit_shortlist]
     rest = [c for c in range(num_classes) if c not in shortlist and c not in logit_shortlist]
     pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed + 11))[: params.reference]
-    schedule.shortlist, schedule.logit_shortlist = shortlist, logit_shortlist
-    schedule.reference = sorted(rest[i] for i in pick.tolist())
-    return schedule
+    reference = sorted(rest[i] for i in pick.tolist())
+    return ClassSchedule(num_classes, shortlist, logit_shortlist, reference, list(screened.norms), list(screened.converged),
+                         runner_up, seconds, params, screen_order=order,
+                         full=sorted(set(shortlist) | set(logit_shortlist) | set(reference)))
 
 
 def scheduled_neural_cleanse(handle, fit_x, eval_x, eval_y, nc_params: NeuralCleanseParams, params: ScheduleParams,
@@ -163,8 +165,12 @@ def scheduled_neural_cleanse(handle, fit_x, eval_x, eval_y, nc_params: NeuralCle
         masks[c], patterns[c], norms[c] = deep.masks[i], deep.patterns[i], deep.norms[i]
         converged[c], steps[c] = deep.converged[i], screened.steps[c] + deep.steps[i]
     reference = schedule.reference
+    # a screened-out class gets no index: its short screen's mask is small because it never succeeded, not
+    # comparable with a full search's, so it is neither ranked among, flagged nor suspected with them
+    index = anomaly_index(torch.tensor(norms), reference).tolist()
+    in_full = set(full)
     result = NeuralCleanseResult(
-        masks=masks, patterns=patterns, norms=norms, anomaly_index=anomaly_index(torch.tensor(norms), reference).tolist(),
+        masks=masks, patterns=patterns, norms=norms, anomaly_index=[a if c in in_full else None for c, a in enumerate(index)],
         converged=converged, steps=steps, recovered_asr=[], seconds=0.0, params=nc_params, fit_samples=len(fit_x),
         reference=reference)
     if eval_x is not None and eval_y is not None:
