@@ -258,3 +258,19 @@ def test_a_blend_ratio_above_the_flag_fails_only_when_maximum_margin_names_the_s
     assert other.margin_top == 8 and other.blend.ratio(8) > 0.6 and other.blend_hits(t) == []
     flagged_anyway = result([0.02] + alphas[1:], face.margins, 0.5)  # a ratio under the flag needs no corroboration
     assert flagged_anyway.blend_hits(t) == [0]
+
+
+def test_the_l1_weight_is_held_until_a_class_first_succeeds(load, fmnist_split10):
+    """Lowered from the first step, the L1 weight reached a class's first success ~10x too weak to shrink the
+    mask, and the early stop kept that first, large mask (on `blended_t4` two classes stopped at 2-4x the
+    masks they reach once the weight is held). Same initialisation and batches in both runs."""
+    from conftest import FIXTURES
+
+    handle = load(FIXTURES / "zoo" / "blended_t4.pt")
+    classes = [5, 7]
+    held = neural_cleanse(handle, fmnist_split10.fit.x, params=NeuralCleanseParams(), classes=classes)
+    lowered = neural_cleanse(handle, fmnist_split10.fit.x, params=NeuralCleanseParams(hold_cost_until_success=False),
+                             classes=classes)
+    assert all(held.converged) and all(lowered.converged)
+    for a, b in zip(held.norms, lowered.norms):
+        assert a < 0.7 * b, (held.norms, lowered.norms)

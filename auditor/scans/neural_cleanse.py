@@ -34,6 +34,12 @@ class NeuralCleanseParams:
     success_threshold: float = 0.99
     early_stop_patience: int = 40
     early_stop_min_delta: float = 0.01  # relative shrink that counts as progress
+    # Lower the L1 weight only once the class has had a successful mask (Neural Cleanse itself keeps it off
+    # until then). Lowering it during the first failing steps left it ~10x under init_cost at the first
+    # success, too weak to shrink anything, and the early stop then kept the first, large mask: on a
+    # 100-class head the planted target stopped at L1 128 (true trigger: 16) at one seed and 7.9 at the
+    # next; false: that earlier behaviour (docs/methods.md, "Neural Cleanse's cost schedule")
+    hold_cost_until_success: bool = True
     asr_eval_samples: int = 500
     seed: int = 0
 
@@ -231,6 +237,8 @@ def neural_cleanse(
                 down[ia] = torch.where(ok, 0, down[ia] + 1)
                 raise_cost = up[ia] >= params.patience
                 lower_cost = down[ia] >= params.patience
+                if params.hold_cost_until_success:
+                    lower_cost &= torch.isfinite(best_norm[ia])
                 cost[ia] = torch.where(raise_cost, cost[ia] * params.cost_up, cost[ia])
                 cost[ia] = torch.where(lower_cost, cost[ia] / params.cost_down, cost[ia])
                 up[ia] = torch.where(raise_cost, 0, up[ia])
